@@ -18,6 +18,10 @@ from homeserver.api.client import account as account_api
 from homeserver.api.client import devices as devices_api
 from homeserver.api.client import login as login_api
 from homeserver.api.client import register as register_api
+from homeserver.api.client import directory as directory_api
+from homeserver.api.client import rooms as rooms_api
+from homeserver.api.client import sync as sync_api
+from homeserver.api.client import userdata as userdata_api
 from homeserver.api.client import versions as versions_api
 from homeserver.config import HomeserverConfig
 from homeserver.core.clock import Clock
@@ -32,6 +36,24 @@ from homeserver.services.passwords import PasswordHasher
 from homeserver.services.ratelimit import Rate, Ratelimiter
 from homeserver.services.registration import RegistrationService
 from homeserver.services.uia import UserInteractiveAuth
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from homeserver.events.signing import SigningKey, read_signing_keys
+from homeserver.services.directory import DirectoryService
+from homeserver.services.ephemeral import ReceiptService, TypingService
+from homeserver.services.events import RoomEventService
+from homeserver.services.messages import MessageService
+from homeserver.services.notifier import Notifier
+from homeserver.services.presenter import EventPresenter
+from homeserver.services.rooms import RoomService
+from homeserver.services.sync import SyncService
+from homeserver.services.sync_filter import FilterLoader, parse_filter_json
+from homeserver.services.userdata import AccountDataService, ProfileService
+from homeserver.storage.events import EventRepository
+from homeserver.storage.receipts import ReceiptRepository
+from homeserver.storage.rooms import RoomRepository
+from homeserver.storage.state import StateGroupCache, StateRepository
+from homeserver.storage.timeline import TimelineRepository
+from homeserver.storage.userdata import AccountDataRepository, ProfileRepository
 from homeserver.storage.accounts import AccountRepository
 from homeserver.storage.database import Database
 from homeserver.storage.devices import DeviceRepository
@@ -43,8 +65,8 @@ from homeserver.storage.uia import UIARepository
 
 logger = logging.getLogger(__name__)
 
-# Room versions a client may ask for when creating a room (issue: rooms); advertised now.
-ROOM_VERSIONS = {v: "stable" for v in ("3", "4", "5", "6", "7", "8", "9", "10", "11", "12")}
+# Room versions a client may ask for when creating a room.
+ROOM_VERSIONS = {v.identifier: "stable" for v in KNOWN_ROOM_VERSIONS.values() if v.supported}
 # How long shutdown waits for in-flight requests before closing the database anyway.
 SHUTDOWN_GRACE_SECONDS = 10.0
 
@@ -60,6 +82,12 @@ class Services:
     account: AccountService
     admin: AdminService
     uia: UserInteractiveAuth
+    rooms: RoomService
+    messages: MessageService
+    events: RoomEventService
+    sync: SyncService
+    profiles: ProfileService
+    account_data: AccountDataService
 
 
 @dataclass
@@ -148,6 +176,21 @@ def open_database(config: HomeserverConfig, reactor: Any, clock: Clock) -> Datab
     return db
 
 
+def load_signing_key(config: HomeserverConfig) -> SigningKey:
+    """The server's current signing key, from ``signing_key_path`` (Synapse's file format)."""
+    try:
+        with open(config.signing_key_path, encoding="utf-8") as f:
+            keys = read_signing_keys(f.read())
+    except OSError as e:
+        raise RuntimeError(
+            f"cannot read the signing key {config.signing_key_path}: {e.strerror}"
+            " (homeserver generate-config writes one)"
+        ) from None
+    if not keys:
+        raise RuntimeError(f"no signing key in {config.signing_key_path}")
+    return keys[0]
+
+
 def _rate(cfg: Any) -> Rate:
     return Rate(float(cfg.per_second), float(cfg.burst_count))
 
@@ -214,7 +257,93 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
             "m.login.registration_token": registration.registration_token_stage,
         },
     )
+    notifier = Notifier(clock)
+    state_cache = StateGroupCache()
+    event_store = EventRepository(db, state_cache)
+    state_store = StateRepository(db, state_cache)
+    timeline = TimelineRepository(db)
+    room_store = RoomRepository(db)
+    profile_store = ProfileRepository(db)
+    receipt_store = ReceiptRepository(db)
+    room_events = RoomEventService(
+        server_name=config.server_name,
+        clock=clock,
+        signing_key=load_signing_key(config),
+        events=event_store,
+        state=state_store,
+        rooms=room_store,
+        notifier=notifier,
+    )
+    profiles = ProfileService(
+        server_name=config.server_name,
+        profiles=profile_store,
+        accounts=accounts,
+        rooms=room_store,
+        displayname_changes_enabled=config.registration.enable_set_displayname,
+        avatar_changes_enabled=config.registration.enable_set_avatar_url,
+    )
+    rooms = RoomService(
+        server_name=config.server_name,
+        clock=clock,
+        events=room_events,
+        rooms=room_store,
+        profile_of=profiles.lookup,
+        default_room_version=config.default_room_version,
+        encryption_by_default=config.encryption_enabled_by_default_for_room_type,
+    )
+
+    async def propagate_profile(user_id: str) -> None:
+        for room_id in await rooms.joined_rooms(user_id):
+            try:
+                await rooms.update_membership(sender=user_id, room_id=room_id, action="join")
+            except Exception:
+                logger.exception("could not update %s's membership in %s", user_id, room_id)
+
+    profiles.on_profile_changed = propagate_profile
+    presenter = EventPresenter(clock=clock, events=event_store, state=state_store, timeline=timeline, rooms=room_store)
+    messages = MessageService(
+        events=room_events,
+        event_store=event_store,
+        state=state_store,
+        timeline=timeline,
+        rooms=room_store,
+        presenter=presenter,
+    )
+    account_data = AccountDataService(notifier=notifier, account_data=AccountDataRepository(db), rooms=room_store)
+    typing = TypingService(clock=clock, notifier=notifier, joined_users=room_events.joined_users)
+    receipts = ReceiptService(
+        clock=clock, notifier=notifier, receipts=receipt_store, events=event_store, joined_users=room_events.joined_users
+    )
+    sync = SyncService(
+        clock=clock,
+        notifier=notifier,
+        events=room_events,
+        event_store=event_store,
+        state=state_store,
+        timeline=timeline,
+        rooms=room_store,
+        presenter=presenter,
+        account_data=account_data,
+        typing=typing,
+        receipts=receipts,
+        receipt_store=receipt_store,
+    )
+    directory = DirectoryService(
+        server_name=config.server_name,
+        events=room_events,
+        rooms=room_store,
+        profiles=profile_store,
+        search_all_users=config.user_directory.search_all_users,
+    )
+    filters = FilterLoader(account_data)
+
     services = Services(
+        rooms=rooms,
+        messages=messages,
+        events=room_events,
+        sync=sync,
+        profiles=profiles,
+        account_data=account_data,
         auth=auth,
         login=login,
         registration=registration,
@@ -256,6 +385,23 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
         devices_api.register(router, authenticate=authenticate, devices=services.devices, uia=uia)
         admin_register.register(
             router, authenticate=authenticate, registration=registration, login=login, admin=services.admin
+        )
+        rooms_api.register(
+            router, authenticate=authenticate, rooms=rooms, messages=messages, parse_filter=filters.parse_inline
+        )
+        sync_api.register(
+            router,
+            authenticate=authenticate,
+            sync=sync,
+            account_data=account_data,
+            load_filter=filters.load,
+            validate_filter=parse_filter_json,
+        )
+        userdata_api.register(
+            router, authenticate=authenticate, profiles=profiles, account_data=account_data, typing=typing, receipts=receipts
+        )
+        directory_api.register(
+            router, authenticate=authenticate, rooms=rooms, directory=directory, is_admin=services.admin.is_admin
         )
 
     hs = Homeserver(

@@ -88,9 +88,7 @@ def read_auth(r: Reader) -> AuthSettings:
             DEFAULT_REFRESHABLE_ACCESS_TOKEN_LIFETIME,
         ),
         refresh_token_lifetime=r.optional_duration("refresh_token_lifetime"),
-        nonrefreshable_access_token_lifetime=r.optional_duration(
-            "nonrefreshable_access_token_lifetime"
-        ),
+        nonrefreshable_access_token_lifetime=r.optional_duration("nonrefreshable_access_token_lifetime"),
     )
     if session_lifetime is not None:
         for key in (

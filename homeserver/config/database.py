@@ -35,9 +35,7 @@ DEFAULT_CP_MIN = 5
 DEFAULT_CP_MAX = 10
 
 # Connection-pool and driver settings that are not libpq connection parameters.
-_POOL_ARGS = frozenset(
-    {"cp_min", "cp_max", "cp_reconnect", "cp_noisy", "check_same_thread"}
-)
+_POOL_ARGS = frozenset({"cp_min", "cp_max", "cp_reconnect", "cp_noisy", "check_same_thread"})
 _SQLITE_ARGS = frozenset({"database", "cp_min", "cp_max", "check_same_thread"})
 
 
@@ -46,9 +44,7 @@ class DatabaseConfig:
     """The ``database`` section: ``name`` (Synapse's driver name) and its ``args``."""
 
     name: str = "sqlite3"
-    args: Mapping[str, Any] = field(
-        default_factory=lambda: MappingProxyType({"database": DEFAULT_SQLITE_DATABASE})
-    )
+    args: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({"database": DEFAULT_SQLITE_DATABASE}))
 
     @property
     def engine(self) -> str:
@@ -64,9 +60,7 @@ class DatabaseConfig:
     @property
     def postgres_connect_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``psycopg2.connect`` (libpq parameters only)."""
-        kwargs = {
-            key: value for key, value in self.args.items() if key not in _POOL_ARGS
-        }
+        kwargs = {key: value for key, value in self.args.items() if key not in _POOL_ARGS}
         if "database" in kwargs:
             kwargs.setdefault("dbname", kwargs.pop("database"))
         return kwargs
@@ -112,14 +106,8 @@ def read_database(r: Reader) -> DatabaseConfig:
         args_reader.error("cp_min", f"must not exceed cp_max ({cp_max}), got {cp_min}")
 
     if name == "sqlite3":
-        database = args_reader.string(
-            "database", DEFAULT_SQLITE_DATABASE, expected="a file path or :memory:"
-        )
-        args["database"] = (
-            database
-            if database == ":memory:"
-            else r.resolve(database or DEFAULT_SQLITE_DATABASE)
-        )
+        database = args_reader.string("database", DEFAULT_SQLITE_DATABASE, expected="a file path or :memory:")
+        args["database"] = database if database == ":memory:" else r.resolve(database or DEFAULT_SQLITE_DATABASE)
         for key in args:
             if key not in _SQLITE_ARGS:
                 args_reader.warn(key, "not used by SQLite, ignored")
@@ -128,14 +116,8 @@ def read_database(r: Reader) -> DatabaseConfig:
             args_reader.optional_string(key)
         if "port" in args:
             args_reader.integer("port", 5432, min=1, max=65535)
-        if (
-            "dbname" in args
-            and "database" in args
-            and args["dbname"] != args["database"]
-        ):
-            args_reader.error(
-                "dbname", "both dbname and database are given and they differ"
-            )
+        if "dbname" in args and "database" in args and args["dbname"] != args["database"]:
+            args_reader.error("dbname", "both dbname and database are given and they differ")
     return DatabaseConfig(str(name), MappingProxyType(args))
 
 
@@ -150,20 +132,14 @@ def parse_postgres_url(url: str) -> dict[str, Any]:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
     except ValueError as e:
-        raise ConfigError(
-            f"database URL: {e}; expected something like {example}"
-        ) from e
+        raise ConfigError(f"database URL: {e}; expected something like {example}") from e
     if parts.scheme not in ("postgresql", "postgres"):
-        raise ConfigError(
-            f'database URL: expected the scheme "postgresql://" (like {example}), got {url!r}'
-        )
+        raise ConfigError(f'database URL: expected the scheme "postgresql://" (like {example}), got {url!r}')
     if parts.fragment:
         raise ConfigError(f"database URL: a #fragment is not allowed, got {url!r}")
     dbname = urllib.parse.unquote(parts.path.lstrip("/"))
     if not dbname or "/" in dbname:
-        raise ConfigError(
-            f"database URL: expected a database name after the host (like {example}), got {url!r}"
-        )
+        raise ConfigError(f"database URL: expected a database name after the host (like {example}), got {url!r}")
     args: dict[str, Any] = {}
     if parts.username:
         args["user"] = urllib.parse.unquote(parts.username)

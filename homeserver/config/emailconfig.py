@@ -49,17 +49,13 @@ def read_email(r: Reader) -> EmailConfig | None:
     force_tls = section.boolean("force_tls", False)
     config = EmailConfig(
         smtp_host=section.string("smtp_host", "localhost"),
-        smtp_port=section.integer(
-            "smtp_port", 465 if force_tls else 25, min=1, max=65535
-        ),
+        smtp_port=section.integer("smtp_port", 465 if force_tls else 25, min=1, max=65535),
         smtp_user=section.optional_string("smtp_user"),
         smtp_pass=section.optional_string("smtp_pass"),
         force_tls=force_tls,
         require_transport_security=section.boolean("require_transport_security", False),
         enable_tls=section.boolean("enable_tls", True),
-        notif_from=section.optional_string(
-            "notif_from", expected='a sender such as "%(app)s <noreply@example.com>"'
-        ),
+        notif_from=section.optional_string("notif_from", expected='a sender such as "%(app)s <noreply@example.com>"'),
         app_name=section.string("app_name", "Matrix"),
     )
     if config.force_tls and not config.enable_tls:
@@ -67,8 +63,6 @@ def read_email(r: Reader) -> EmailConfig | None:
     if config.require_transport_security and not config.enable_tls:
         section.error("require_transport_security", "requires enable_tls to be true")
     if config.notif_from is not None and "@" not in config.notif_from:
-        section.expected(
-            "notif_from", "a sender address containing @", config.notif_from
-        )
+        section.expected("notif_from", "a sender address containing @", config.notif_from)
     section.finish(unsupported=_UNSUPPORTED_EMAIL_KEYS)
     return config

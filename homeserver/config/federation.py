@@ -81,24 +81,15 @@ def read_federation(r: Reader) -> FederationSettings:
             "empty the list to federate openly, or drop federation_allow_open to keep the list",
         )
 
-    ca_list = tuple(
-        r.resolve(path)
-        for path in r.strings(
-            "federation_custom_ca_list", expected="a list of file paths"
-        )
-    )
+    ca_list = tuple(r.resolve(path) for path in r.strings("federation_custom_ca_list", expected="a list of file paths"))
     for index, path in enumerate(ca_list):
         if not os.path.isfile(path):
-            r.problems.errors.append(
-                f"federation_custom_ca_list[{index}]: no such file: {path}"
-            )
+            r.problems.errors.append(f"federation_custom_ca_list[{index}]: no such file: {path}")
 
     return FederationSettings(
         federation_domain_whitelist=allowlist,
         federation_allow_open=allow_open,
-        federation_verify_certificates=r.boolean(
-            "federation_verify_certificates", True
-        ),
+        federation_verify_certificates=r.boolean("federation_verify_certificates", True),
         federation_custom_ca_list=ca_list,
         ip_range_blacklist=r.strings(
             "ip_range_blacklist",

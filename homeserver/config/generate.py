@@ -25,9 +25,7 @@ def _q(value: object) -> str:
     return json.dumps(value)
 
 
-def _listeners_yaml(
-    bind_address: str, client_port: int, federation_port: int | None
-) -> str:
+def _listeners_yaml(bind_address: str, client_port: int, federation_port: int | None) -> str:
     if federation_port is None:
         return f"""\
 listeners:
@@ -185,9 +183,7 @@ def generate_config(
     """
     errors: list[str] = []
     if not is_valid_server_name(server_name):
-        errors.append(
-            f"server name: expected a server name such as example.com, got {server_name!r}"
-        )
+        errors.append(f"server name: expected a server name such as example.com, got {server_name!r}")
     for name, port in (
         ("client port", client_port),
         ("federation port", federation_port),
@@ -195,13 +191,9 @@ def generate_config(
         if port is not None and (type(port) is not int or not 1 <= port <= 65535):
             errors.append(f"{name}: expected an integer 1-65535, got {port!r}")
     if federation_port is not None and federation_port == client_port:
-        errors.append(
-            f"federation port: must differ from the client port ({client_port})"
-        )
+        errors.append(f"federation port: must differ from the client port ({client_port})")
     if not is_ip_address(bind_address):
-        errors.append(
-            f"bind address: expected an IP address such as 127.0.0.1 or ::, got {bind_address!r}"
-        )
+        errors.append(f"bind address: expected an IP address such as 127.0.0.1 or ::, got {bind_address!r}")
     database = ""
     try:
         database = _database_yaml(os.path.abspath(data_dir), database_url)
@@ -218,9 +210,7 @@ def generate_config(
 
     signing_key_path = os.path.join(data_dir, f"{server_name}.signing.key")
     if not os.path.exists(signing_key_path):
-        version = "a_" + "".join(
-            secrets.choice(string.ascii_letters + string.digits) for _ in range(4)
-        )
+        version = "a_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(4))
         with _create_private(signing_key_path) as f:
             write_signing_keys(f, [generate_signing_key(version)])
 

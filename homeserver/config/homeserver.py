@@ -142,18 +142,14 @@ class HomeserverConfig:
         object.__setattr__(self, "config_dir", config_dir)
         key_path = self.signing_key_path or f"{self.server_name}.signing.key"
         object.__setattr__(self, "signing_key_path", os.path.join(config_dir, key_path))
-        object.__setattr__(
-            self, "media_store_path", os.path.join(config_dir, self.media_store_path)
-        )
+        object.__setattr__(self, "media_store_path", os.path.join(config_dir, self.media_store_path))
         database = str(self.database.args.get("database", ""))
         if self.database.name == "sqlite3" and database != ":memory:":
             args = dict(
                 self.database.args,
                 database=os.path.join(config_dir, database or "homeserver.db"),
             )
-            object.__setattr__(
-                self, "database", replace(self.database, args=MappingProxyType(args))
-            )
+            object.__setattr__(self, "database", replace(self.database, args=MappingProxyType(args)))
 
     def federation_allows(self, server_name: str) -> bool:
         """True when federation with ``server_name`` is allowed by the configuration.
@@ -166,21 +162,15 @@ class HomeserverConfig:
         return self.federation_allow_open
 
     @classmethod
-    def from_dict(
-        cls, data: Any, *, config_dir: str
-    ) -> tuple[HomeserverConfig, list[str]]:
+    def from_dict(cls, data: Any, *, config_dir: str) -> tuple[HomeserverConfig, list[str]]:
         """Parse a loaded homeserver.yaml; return the config and the warnings.
 
         Raises :class:`ConfigError` listing every error found (by key path).
         """
         if data is None:
-            raise ConfigError(
-                "the configuration is empty; at least server_name is required"
-            )
+            raise ConfigError("the configuration is empty; at least server_name is required")
         if not isinstance(data, dict):
-            raise ConfigError(
-                f"the configuration must be a mapping of keys to values, got {show(data)}"
-            )
+            raise ConfigError(f"the configuration must be a mapping of keys to values, got {show(data)}")
         problems = Problems()
         r = Reader(data, "", problems, config_dir=os.path.abspath(config_dir))
 

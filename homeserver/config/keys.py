@@ -57,9 +57,7 @@ def _read_verify_keys(r: Reader, key: str) -> dict[str, str]:
         if not str(key_id).startswith("ed25519:"):
             section.error(str(key_id), 'expected a key ID starting with "ed25519:"')
         elif not isinstance(value, str) or not _is_ed25519_key(value):
-            section.expected(
-                str(key_id), "an unpadded-base64 ed25519 public key", value
-            )
+            section.expected(str(key_id), "an unpadded-base64 ed25519 public key", value)
         else:
             keys[str(key_id)] = value
     return keys
@@ -74,9 +72,7 @@ def _read_old_signing_keys(r: Reader) -> dict[str, dict[str, Any]]:
             section.error(str(key_id), 'expected a key ID starting with "ed25519:"')
             continue
         entry = section.section(str(key_id))
-        public_key = entry.required_string(
-            "key", expected="an unpadded-base64 ed25519 public key"
-        )
+        public_key = entry.required_string("key", expected="an unpadded-base64 ed25519 public key")
         if public_key and not _is_ed25519_key(public_key):
             entry.expected("key", "an unpadded-base64 ed25519 public key", public_key)
         if not entry.has("expired_ts"):
@@ -91,23 +87,13 @@ def _read_old_signing_keys(r: Reader) -> dict[str, dict[str, Any]]:
     return result
 
 
-def _read_trusted_key_servers(
-    r: Reader, *, verify_certificates: bool
-) -> tuple[TrustedKeyServer, ...]:
+def _read_trusted_key_servers(r: Reader, *, verify_certificates: bool) -> tuple[TrustedKeyServer, ...]:
     servers: list[TrustedKeyServer] = []
     for entry in r.sections("trusted_key_servers"):
-        name = entry.required_string(
-            "server_name", expected="a server name such as matrix.example.org"
-        )
+        name = entry.required_string("server_name", expected="a server name such as matrix.example.org")
         if name and not is_valid_server_name(name):
-            entry.expected(
-                "server_name", "a server name such as matrix.example.org", name
-            )
-        verify_keys = (
-            _read_verify_keys(entry, "verify_keys")
-            if entry.has("verify_keys")
-            else None
-        )
+            entry.expected("server_name", "a server name such as matrix.example.org", name)
+        verify_keys = _read_verify_keys(entry, "verify_keys") if entry.has("verify_keys") else None
         entry.ignore("verify_keys")
         insecure = entry.boolean("accept_keys_insecurely", False)
         if verify_keys is None and not insecure and not verify_certificates:
@@ -120,9 +106,7 @@ def _read_trusted_key_servers(
         servers.append(
             TrustedKeyServer(
                 server_name=name,
-                verify_keys=None
-                if verify_keys is None
-                else MappingProxyType(verify_keys),
+                verify_keys=None if verify_keys is None else MappingProxyType(verify_keys),
                 accept_keys_insecurely=insecure,
             )
         )
@@ -138,15 +122,9 @@ def read_keys(r: Reader, *, server_name: str, verify_certificates: bool) -> KeyS
             "an inline signing key is not supported yet; use signing_key_path",
         )
     return KeySettings(
-        signing_key_path=r.path_value(
-            "signing_key_path", f"{server_name or 'homeserver'}.signing.key"
-        ),
+        signing_key_path=r.path_value("signing_key_path", f"{server_name or 'homeserver'}.signing.key"),
         old_signing_keys=_read_old_signing_keys(r),
-        key_refresh_interval=r.duration(
-            "key_refresh_interval", DEFAULT_KEY_REFRESH_INTERVAL
-        ),
+        key_refresh_interval=r.duration("key_refresh_interval", DEFAULT_KEY_REFRESH_INTERVAL),
         suppress_key_server_warning=r.boolean("suppress_key_server_warning", False),
-        trusted_key_servers=_read_trusted_key_servers(
-            r, verify_certificates=verify_certificates
-        ),
+        trusted_key_servers=_read_trusted_key_servers(r, verify_certificates=verify_certificates),
     )

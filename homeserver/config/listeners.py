@@ -50,6 +50,7 @@ IMPLIED_RESOURCES: dict[str, frozenset[str]] = {
 
 # Listener keys Synapse has and we do not implement yet.
 _UNSUPPORTED_LISTENER_KEYS = (
+    "path",
     "tag",
     "request_id_header",
     "additional_resources",
@@ -100,17 +101,13 @@ class ListenerConfig:
         if self.type != "http":
             return self.type == name
         listed = self.resource_names
-        if name in listed or (name == "health"):
+        if name in listed or name == "health":
             return True
-        return any(
-            name in IMPLIED_RESOURCES.get(listed_name, ()) for listed_name in listed
-        )
+        return any(name in IMPLIED_RESOURCES.get(listed_name, ()) for listed_name in listed)
 
     def compresses(self, name: str) -> bool:
         """True when the resource group that lists ``name`` asks for gzip."""
-        return any(
-            resource.compress for resource in self.resources if name in resource.names
-        )
+        return any(resource.compress for resource in self.resources if name in resource.names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +144,8 @@ def _read_resources(r: Reader) -> tuple[ListenerResource, ...]:
 def _read_listener(r: Reader) -> ListenerConfig | None:
     if r.has("path") and not r.has("port"):
         r.ignore("path")
-        r.error(
-            "path", "UNIX socket listeners are not supported yet; give a port instead"
-        )
+        r.error("path", "UNIX socket listeners are not supported yet; give a port instead")
         return None
-    r.ignore("path")
     if not r.has("port"):
         r.raw("port")
         r.error("port", "required key is missing; expected an integer 1-65535")
@@ -173,9 +167,7 @@ def _read_listener(r: Reader) -> ListenerConfig | None:
             expected="a list of IP addresses",
         )
     )
-    single = r.optional_string(
-        "bind_address", expected="an IP address such as 127.0.0.1 or ::"
-    )
+    single = r.optional_string("bind_address", expected="an IP address such as 127.0.0.1 or ::")
     if single is not None:
         if is_ip_address(single):
             addresses.append(single)
@@ -243,6 +235,4 @@ def read_listeners(r: Reader) -> ListenerSettings:
                 "tls",
                 "a TLS listener needs both tls_certificate_path and tls_private_key_path to be set",
             )
-    return ListenerSettings(
-        tuple(listener for _, listener in found), certificate, private_key
-    )
+    return ListenerSettings(tuple(listener for _, listener in found), certificate, private_key)

@@ -18,9 +18,7 @@ class _Loader(yaml.SafeLoader):  # type: ignore[misc, unused-ignore]
         super().__init__(stream)
         self.duplicate_keys: list[str] = []
 
-    def construct_mapping(
-        self, node: yaml.MappingNode, deep: bool = False
-    ) -> dict[Any, Any]:
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         first_seen: dict[Any, int] = {}
         for key_node, _ in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
@@ -44,11 +42,7 @@ def _yaml_error_message(path: str, error: yaml.YAMLError) -> str:
     mark = getattr(error, "problem_mark", None)
     problem = getattr(error, "problem", None) or str(error)
     context = getattr(error, "context", None)
-    where = (
-        f"line {mark.line + 1}, column {mark.column + 1}"
-        if mark is not None
-        else "somewhere"
-    )
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
     detail = f"{problem} ({context})" if context else problem
     return f"{path}: invalid YAML at {where}: {detail}"
 
@@ -64,9 +58,7 @@ def read_yaml(path: str) -> tuple[Any, list[str]]:
     except FileNotFoundError:
         raise ConfigError(f"{path}: configuration file not found") from None
     except IsADirectoryError:
-        raise ConfigError(
-            f"{path}: is a directory, expected a configuration file"
-        ) from None
+        raise ConfigError(f"{path}: is a directory, expected a configuration file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read the configuration file: {e}") from None
     loader = _Loader(text)

@@ -27,9 +27,7 @@ class LoginRateLimits:
 
     address: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(0.003, 5))
     account: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(0.003, 5))
-    failed_attempts: RateLimitConfig = field(
-        default_factory=lambda: RateLimitConfig(0.17, 3)
-    )
+    failed_attempts: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(0.17, 3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +44,7 @@ class InviteRateLimits:
 
     per_room: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(0.3, 10))
     per_user: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(0.003, 5))
-    per_issuer: RateLimitConfig = field(
-        default_factory=lambda: RateLimitConfig(0.3, 10)
-    )
+    per_issuer: RateLimitConfig = field(default_factory=lambda: RateLimitConfig(0.3, 10))
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,20 +151,14 @@ def read_ratelimiting(r: Reader) -> RateLimitSettings:
     settings = RateLimitSettings(
         rc_message=_bucket(r, "rc_message", d.rc_message),
         rc_registration=_bucket(r, "rc_registration", d.rc_registration),
-        rc_registration_token_validity=_bucket(
-            r, "rc_registration_token_validity", d.rc_registration_token_validity
-        ),
+        rc_registration_token_validity=_bucket(r, "rc_registration_token_validity", d.rc_registration_token_validity),
         rc_login=LoginRateLimits(
             address=_bucket(login, "address", d.rc_login.address),
             account=_bucket(login, "account", d.rc_login.account),
-            failed_attempts=_bucket(
-                login, "failed_attempts", d.rc_login.failed_attempts
-            ),
+            failed_attempts=_bucket(login, "failed_attempts", d.rc_login.failed_attempts),
         ),
         rc_admin_redaction=(
-            _bucket(r, "rc_admin_redaction", ADMIN_REDACTION_DEFAULT)
-            if r.has("rc_admin_redaction")
-            else None
+            _bucket(r, "rc_admin_redaction", ADMIN_REDACTION_DEFAULT) if r.has("rc_admin_redaction") else None
         ),
         rc_joins=JoinRateLimits(
             local=_bucket(joins, "local", d.rc_joins.local),
@@ -181,17 +171,11 @@ def read_ratelimiting(r: Reader) -> RateLimitSettings:
             per_user=_bucket(invites, "per_user", d.rc_invites.per_user),
             per_issuer=_bucket(invites, "per_issuer", d.rc_invites.per_issuer),
         ),
-        rc_third_party_invite=_bucket(
-            r, "rc_third_party_invite", d.rc_third_party_invite
-        ),
+        rc_third_party_invite=_bucket(r, "rc_third_party_invite", d.rc_third_party_invite),
         rc_media_create=_bucket(r, "rc_media_create", d.rc_media_create),
         rc_federation=_federation(r),
-        rc_presence=PresenceRateLimits(
-            per_user=_bucket(presence, "per_user", d.rc_presence.per_user)
-        ),
-        rc_delayed_event_mgmt=_bucket(
-            r, "rc_delayed_event_mgmt", d.rc_delayed_event_mgmt
-        ),
+        rc_presence=PresenceRateLimits(per_user=_bucket(presence, "per_user", d.rc_presence.per_user)),
+        rc_delayed_event_mgmt=_bucket(r, "rc_delayed_event_mgmt", d.rc_delayed_event_mgmt),
         rc_reports=_bucket(r, "rc_reports", d.rc_reports),
         rc_room_creation=_bucket(r, "rc_room_creation", d.rc_room_creation),
         rc_user_directory=_bucket(r, "rc_user_directory", d.rc_user_directory),

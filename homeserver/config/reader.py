@@ -87,9 +87,7 @@ class Reader:
     means "unset").
     """
 
-    def __init__(
-        self, data: Mapping[str, Any], path: str, problems: Problems, *, config_dir: str
-    ) -> None:
+    def __init__(self, data: Mapping[str, Any], path: str, problems: Problems, *, config_dir: str) -> None:
         self.data = data
         self.path = path
         self.problems = problems
@@ -104,17 +102,16 @@ class Reader:
             return f"{self.path}[{key}]"
         return f"{self.path}.{key}" if self.path else key
 
+    def _where(self, key: str) -> str:
+        return self.key_path(key) if key else (self.path or "(top level)")
+
     def error(self, key: str, message: str) -> None:
         """Record an error about ``key`` (a key of this mapping; "" for the mapping itself)."""
-        self.problems.errors.append(
-            f"{self.key_path(key) if key else self.path}: {message}"
-        )
+        self.problems.errors.append(f"{self._where(key)}: {message}")
 
     def warn(self, key: str, message: str) -> None:
         """Record a warning about ``key``."""
-        self.problems.warnings.append(
-            f"{self.key_path(key) if key else self.path}: {message}"
-        )
+        self.problems.warnings.append(f"{self._where(key)}: {message}")
 
     def expected(self, key: str, what: str, value: Any) -> None:
         """Record ``key: expected <what>, got <value>``."""
@@ -152,9 +149,7 @@ class Reader:
             return default
         return value
 
-    def optional_string(
-        self, key: str, default: str | None = None, *, expected: str = "a string"
-    ) -> str | None:
+    def optional_string(self, key: str, default: str | None = None, *, expected: str = "a string") -> str | None:
         """A string, or ``None`` when absent or null."""
         value = self._get(key)
         if value is _MISSING:
@@ -185,18 +180,12 @@ class Reader:
             return default
         return value
 
-    def integer(
-        self, key: str, default: int, *, min: int | None = None, max: int | None = None
-    ) -> int:
+    def integer(self, key: str, default: int, *, min: int | None = None, max: int | None = None) -> int:
         """An integer, optionally within ``min``..``max`` inclusive."""
         value = self._get(key)
         if value is _MISSING:
             return default
-        if (
-            type(value) is not int
-            or (min is not None and value < min)
-            or (max is not None and value > max)
-        ):
+        if type(value) is not int or (min is not None and value < min) or (max is not None and value > max):
             self.expected(key, "an integer" + _range_text(min, max), value)
             return default
         return int(value)
@@ -206,11 +195,7 @@ class Reader:
         value = self._get(key)
         if value is _MISSING:
             return default
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or (min is not None and value < min)
-        ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (min is not None and value < min):
             self.expected(key, "a number" + _range_text(min, None), value)
             return default
         return float(value)
@@ -222,9 +207,7 @@ class Reader:
         if value is _MISSING:
             return default
         if value not in options:
-            self.expected(
-                key, "one of " + ", ".join(json.dumps(o) for o in options), value
-            )
+            self.expected(key, "one of " + ", ".join(json.dumps(o) for o in options), value)
             return default
         return str(value)
 
@@ -239,9 +222,7 @@ class Reader:
             self.expected(key, DURATION_EXPECTED, value)
             return parse_duration(default)
 
-    def optional_duration(
-        self, key: str, default: int | str | None = None
-    ) -> int | None:
+    def optional_duration(self, key: str, default: int | str | None = None) -> int | None:
         """A duration in milliseconds; an explicit ``null`` means "unset" (``None``)."""
         self._seen.add(key)
         value = self.data.get(key, default)
@@ -290,9 +271,7 @@ class Reader:
         expected: str = "a list of strings",
     ) -> tuple[str, ...]:
         """A list of strings; ``item`` validates each one (errors name the index)."""
-        result = self.optional_strings(
-            key, item=item, item_expected=item_expected, expected=expected
-        )
+        result = self.optional_strings(key, item=item, item_expected=item_expected, expected=expected)
         return tuple(default) if result is None else result
 
     def optional_strings(
@@ -338,9 +317,7 @@ class Reader:
         elif not isinstance(value, dict):
             self.expected(key, "a mapping", value)
             value = {}
-        return Reader(
-            value, self.key_path(key), self.problems, config_dir=self.config_dir
-        )
+        return Reader(value, self.key_path(key), self.problems, config_dir=self.config_dir)
 
     def optional_section(self, key: str) -> Reader | None:
         """A reader for the mapping under ``key``, or ``None`` when absent or null."""
@@ -361,13 +338,9 @@ class Reader:
         for index, entry in enumerate(value):
             path = f"{self.key_path(key)}[{index}]"
             if not isinstance(entry, dict):
-                self.problems.errors.append(
-                    f"{path}: expected a mapping, got {show(entry)}"
-                )
+                self.problems.errors.append(f"{path}: expected a mapping, got {show(entry)}")
                 continue
-            readers.append(
-                Reader(entry, path, self.problems, config_dir=self.config_dir)
-            )
+            readers.append(Reader(entry, path, self.problems, config_dir=self.config_dir))
         return readers
 
     # -- the end -----------------------------------------------------------------------
@@ -387,8 +360,6 @@ class Reader:
             elif key in not_yet:
                 self.warn(key, "not supported yet, ignored")
             else:
-                hint = difflib.get_close_matches(
-                    key, [str(k) for k in self._seen | not_yet], n=1
-                )
+                hint = difflib.get_close_matches(key, [str(k) for k in self._seen | not_yet], n=1)
                 suffix = f' (did you mean "{hint[0]}"?)' if hint else ""
                 self.warn(key, f"unknown key, ignored{suffix}")

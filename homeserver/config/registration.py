@@ -68,9 +68,7 @@ def _read_shared_secret(r: Reader) -> tuple[str | None, str | None]:
         with open(path, encoding="utf-8") as f:
             from_file = f.read().strip()
     except OSError as e:
-        r.error(
-            "registration_shared_secret_path", f"cannot read {path}: {e.strerror or e}"
-        )
+        r.error("registration_shared_secret_path", f"cannot read {path}: {e.strerror or e}")
         return None, path
     if not from_file:
         r.error("registration_shared_secret_path", f"{path} is empty")
@@ -89,9 +87,7 @@ def read_registration(r: Reader) -> RegistrationConfig:
     secret, secret_path = _read_shared_secret(r)
     config = RegistrationConfig(
         enable_registration=r.boolean("enable_registration", False),
-        enable_registration_without_verification=r.boolean(
-            "enable_registration_without_verification", False
-        ),
+        enable_registration_without_verification=r.boolean("enable_registration_without_verification", False),
         registration_requires_token=r.boolean("registration_requires_token", False),
         registration_shared_secret=secret,
         registration_shared_secret_path=secret_path,
@@ -106,9 +102,7 @@ def read_registration(r: Reader) -> RegistrationConfig:
         enable_3pid_changes=r.boolean("enable_3pid_changes", True),
         allow_guest_access=r.boolean("allow_guest_access", False),
         inhibit_user_in_use_error=r.boolean("inhibit_user_in_use_error", False),
-        default_identity_server=r.optional_string(
-            "default_identity_server", expected="a URL"
-        ),
+        default_identity_server=r.optional_string("default_identity_server", expected="a URL"),
         auto_join_rooms=r.strings(
             "auto_join_rooms",
             item=_is_room_alias_or_id,
@@ -116,22 +110,14 @@ def read_registration(r: Reader) -> RegistrationConfig:
             expected="a list of room aliases",
         ),
         autocreate_auto_join_rooms=r.boolean("autocreate_auto_join_rooms", True),
-        autocreate_auto_join_rooms_federated=r.boolean(
-            "autocreate_auto_join_rooms_federated", True
-        ),
-        autocreate_auto_join_room_preset=r.choice(
-            "autocreate_auto_join_room_preset", "public_chat", ROOM_PRESETS
-        ),
-        auto_join_mxid_localpart=r.optional_string(
-            "auto_join_mxid_localpart", expected="a user ID localpart"
-        ),
+        autocreate_auto_join_rooms_federated=r.boolean("autocreate_auto_join_rooms_federated", True),
+        autocreate_auto_join_room_preset=r.choice("autocreate_auto_join_room_preset", "public_chat", ROOM_PRESETS),
+        auto_join_mxid_localpart=r.optional_string("auto_join_mxid_localpart", expected="a user ID localpart"),
         auto_join_rooms_for_guests=r.boolean("auto_join_rooms_for_guests", True),
         enable_set_displayname=r.boolean("enable_set_displayname", True),
         enable_set_avatar_url=r.boolean("enable_set_avatar_url", True),
     )
-    if config.auto_join_mxid_localpart is not None and not is_valid_user_localpart(
-        config.auto_join_mxid_localpart
-    ):
+    if config.auto_join_mxid_localpart is not None and not is_valid_user_localpart(config.auto_join_mxid_localpart):
         r.expected(
             "auto_join_mxid_localpart",
             "a user ID localpart such as welcomebot",

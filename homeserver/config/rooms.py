@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from homeserver.config.reader import Reader
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 
 # Synapse's current default (room version 12: room IDs without a server part).
 DEFAULT_ROOM_VERSION = "12"
-KNOWN_ROOM_VERSIONS = tuple(str(version) for version in range(1, 13))
 ENCRYPTION_ROOM_TYPES = ("all", "invite", "off")
 
 
@@ -42,11 +42,7 @@ class RoomSettings:
 def _read_room_version(r: Reader) -> str:
     value = r.raw("default_room_version", DEFAULT_ROOM_VERSION)
     # YAML reads `default_room_version: 10` as a number; Synapse accepts that too.
-    version = (
-        str(value)
-        if isinstance(value, (str, int)) and not isinstance(value, bool)
-        else None
-    )
+    version = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
     if version not in KNOWN_ROOM_VERSIONS:
         r.expected(
             "default_room_version",
@@ -90,18 +86,13 @@ def read_rooms(r: Reader) -> RoomSettings:
     settings = RoomSettings(
         default_room_version=_read_room_version(r),
         encryption_enabled_by_default_for_room_type=_read_encryption_default(r),
-        require_auth_for_profile_requests=r.boolean(
-            "require_auth_for_profile_requests", False
-        ),
+        require_auth_for_profile_requests=r.boolean("require_auth_for_profile_requests", False),
         limit_profile_requests_to_users_who_share_rooms=r.boolean(
             "limit_profile_requests_to_users_who_share_rooms", False
         ),
         user_directory=_read_user_directory(r),
     )
-    if (
-        settings.limit_profile_requests_to_users_who_share_rooms
-        and not settings.require_auth_for_profile_requests
-    ):
+    if settings.limit_profile_requests_to_users_who_share_rooms and not settings.require_auth_for_profile_requests:
         r.error(
             "limit_profile_requests_to_users_who_share_rooms",
             "requires require_auth_for_profile_requests: true (the check needs to know who asks)",

@@ -36,18 +36,19 @@ class ServerSettings:
 
 
 def read_server_name(r: Reader) -> str:
-    """Read and validate the required ``server_name``."""
-    name = r.required_string("server_name", expected=SERVER_NAME_EXPECTED)
-    if name and not is_valid_server_name(name):
+    """Read and validate the required ``server_name`` ("" after an error)."""
+    name = r.raw("server_name")
+    if name is None:
+        r.error("server_name", f"required key is missing; expected {SERVER_NAME_EXPECTED}")
+        return ""
+    if not isinstance(name, str) or not is_valid_server_name(name):
         r.expected("server_name", SERVER_NAME_EXPECTED, name)
         return ""
     return name
 
 
 def _read_public_baseurl(r: Reader) -> str | None:
-    url = r.optional_string(
-        "public_baseurl", expected="an http(s) URL such as https://matrix.example.com/"
-    )
+    url = r.optional_string("public_baseurl", expected="an http(s) URL such as https://matrix.example.com/")
     if url is None:
         return None
     try:
@@ -55,9 +56,7 @@ def _read_public_baseurl(r: Reader) -> str | None:
     except ValueError:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        r.expected(
-            "public_baseurl", "an http(s) URL such as https://matrix.example.com/", url
-        )
+        r.expected("public_baseurl", "an http(s) URL such as https://matrix.example.com/", url)
         return None
     if parts.query or parts.fragment:
         r.error("public_baseurl", f"must not have a ?query or #fragment, got {url!r}")
@@ -99,14 +98,9 @@ def read_server(r: Reader, server_name: str) -> ServerSettings:
         pid_file=r.optional_path("pid_file"),
         log_config=r.optional_path("log_config"),
         log_level=_read_log_level(r),
-        admin_contact=r.optional_string(
-            "admin_contact", expected="a URI such as mailto:admin@example.com"
-        ),
+        admin_contact=r.optional_string("admin_contact", expected="a URI such as mailto:admin@example.com"),
         report_stats=r.boolean("report_stats", False),
         app_service_config_files=tuple(
-            r.resolve(path)
-            for path in r.strings(
-                "app_service_config_files", expected="a list of file paths"
-            )
+            r.resolve(path) for path in r.strings("app_service_config_files", expected="a list of file paths")
         ),
     )

@@ -22,6 +22,10 @@ class AdminService:
         self._accounts = accounts
         self._tokens = registration_tokens
 
+    async def is_admin(self, user_id: str) -> bool:
+        user = await self._accounts.get_user(user_id)
+        return user is not None and user.is_admin
+
     async def require_admin(self, requester: Requester) -> None:
         user = await self._accounts.get_user(requester.user_id)
         if user is None or not user.is_admin:

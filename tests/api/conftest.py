@@ -12,6 +12,7 @@ from twisted.internet import reactor
 
 from homeserver.app import Homeserver, build_homeserver
 from homeserver.config import parse_config
+from homeserver.events.signing import generate_signing_key, write_signing_keys
 
 
 @dataclass
@@ -91,8 +92,12 @@ def make_server(database_config: dict[str, Any], tmp_path: Any) -> Iterator[Call
     """Build a homeserver from BASE_CONFIG plus overrides, serving on a loopback port."""
     cleanups: list[Callable[[], Any]] = []
 
+    key_path = tmp_path / "signing.key"
+    if not key_path.exists():
+        key_path.write_text(write_signing_keys([generate_signing_key("a_test")]))
+
     def make(**overrides: Any) -> HSFixture:
-        data = {**BASE_CONFIG, "database": database_config, **overrides}
+        data = {**BASE_CONFIG, "database": database_config, "signing_key_path": str(key_path), **overrides}
         config, _ = parse_config(data, config_dir=str(tmp_path))
         hs = build_homeserver(config, reactor)
         site = hs.build_site({"client"})

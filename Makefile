@@ -1,0 +1,49 @@
+# Two commands do all the set-up: `make run` and `make test`.  Each creates .venv if needed.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= data
+SERVER_NAME ?= localhost
+CLIENT_PORT ?= 8008
+
+.PHONY: run test bench lint install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+
+# The stamps re-run pip only when the dependency list changes.
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed setup.cfg
+	$(BIN)/pip install -q -e '.[test,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+$(DATA_DIR)/homeserver.yaml: | $(VENV)/.installed
+	$(BIN)/homeserver generate-config --server-name $(SERVER_NAME) --data-dir $(DATA_DIR) --client-port $(CLIENT_PORT)
+
+## make run: generate data/homeserver.yaml on first start (SQLite under ./data), run in the foreground
+run: $(VENV)/.installed $(DATA_DIR)/homeserver.yaml
+	$(BIN)/homeserver run -c $(DATA_DIR)/homeserver.yaml
+
+## make test: install what the tests need and run the whole suite (CI=true makes PostgreSQL mandatory)
+test: $(VENV)/.installed-test
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## make bench: benchmarks under tests/bench
+bench: $(VENV)/.installed-test
+	$(BIN)/python tests/bench/state_res_bench.py --compare-synapse
+
+## make lint: ruff and mypy
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check homeserver tests
+	$(BIN)/mypy homeserver
+
+clean:
+	rm -rf $(VENV) build *.egg-info

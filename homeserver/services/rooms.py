@@ -1,0 +1,383 @@
+"""Rooms: creation with presets, and every membership change a client asks for."""
+
+from __future__ import annotations
+
+import secrets
+import string
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from homeserver.core.clock import Clock
+from homeserver.core.errors import Codes, MatrixError, forbidden, not_found
+from homeserver.core.ids import InvalidID, RoomAlias, RoomID, UserID
+from homeserver.events.power_levels import (
+    CREATOR_DEFAULT_LEVEL,
+    get_required_level_for_event,
+    get_user_power_level,
+)
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from homeserver.services.events import RoomEventService, SentEvent
+from homeserver.storage.rooms import RoomRepository
+
+PRESETS = ("private_chat", "trusted_private_chat", "public_chat")
+MEMBERSHIP_ACTIONS = ("invite", "join", "leave", "kick", "ban", "unban", "knock")
+
+
+@dataclass(frozen=True)
+class CreateRoomRequest:
+    """A validated /createRoom body."""
+
+    visibility: str = "private"
+    room_alias_name: str | None = None
+    name: str | None = None
+    topic: str | None = None
+    invite: tuple[str, ...] = ()
+    room_version: str | None = None
+    creation_content: dict[str, Any] = field(default_factory=dict)
+    initial_state: tuple[tuple[str, str, dict[str, Any]], ...] = ()
+    preset: str | None = None
+    is_direct: bool = False
+    power_level_content_override: dict[str, Any] | None = None
+
+
+ProfileLookup = Callable[[str], Awaitable[tuple[str | None, str | None]]]
+
+
+def _random_string(n: int) -> str:
+    return "".join(secrets.choice(string.ascii_letters) for _ in range(n))
+
+
+class RoomService:
+    def __init__(
+        self,
+        *,
+        server_name: str,
+        clock: Clock,
+        events: RoomEventService,
+        rooms: RoomRepository,
+        profile_of: ProfileLookup,
+        default_room_version: str,
+        encryption_by_default: str = "off",
+    ) -> None:
+        self._server_name = server_name
+        self._clock = clock
+        self._events = events
+        self._rooms = rooms
+        self._profile_of = profile_of
+        self.default_room_version = default_room_version
+        self._encryption_by_default = encryption_by_default
+
+    # -- creation ----------------------------------------------------------------------
+
+    async def create_room(self, creator: str, req: CreateRoomRequest) -> tuple[str, str | None]:
+        """Create the room; returns (room_id, alias).  Everything is validated first, so a
+        bad request creates nothing."""
+        version_id = req.room_version or self.default_room_version
+        room_version = KNOWN_ROOM_VERSIONS.get(version_id)
+        if room_version is None or not room_version.supported:
+            raise MatrixError(400, Codes.UNSUPPORTED_ROOM_VERSION, f"Room version {version_id} is not supported")
+        alias: str | None = None
+        if req.room_alias_name is not None:
+            alias = f"#{req.room_alias_name}:{self._server_name}"
+            try:
+                RoomAlias.parse(alias)
+            except InvalidID:
+                raise MatrixError(400, Codes.INVALID_PARAM, "Parameter room_alias_name is not a valid alias") from None
+            if ":" in req.room_alias_name or not req.room_alias_name:
+                raise MatrixError(400, Codes.INVALID_PARAM, "Parameter room_alias_name must not contain ':'")
+            if await self._rooms.get_alias(alias) is not None:
+                raise MatrixError(400, Codes.ROOM_IN_USE, "Room alias already taken")
+        for invitee in req.invite:
+            try:
+                UserID.parse(invitee)
+            except InvalidID:
+                raise MatrixError(400, Codes.INVALID_PARAM, f"Parameter invite contains an invalid user ID: {invitee}") from None
+        preset = req.preset or ("public_chat" if req.visibility == "public" else "private_chat")
+
+        create_content: dict[str, Any] = dict(req.creation_content)
+        create_content["room_version"] = room_version.identifier
+        if not room_version.implicit_room_creator:
+            create_content["creator"] = creator
+        if room_version.room_id_from_create_event:
+            created = await self._events.send(
+                room_id=None, sender=creator, event_type="m.room.create", content=create_content,
+                state_key="", room_version=room_version,
+            )
+        else:
+            room_id = f"!{_random_string(18)}:{self._server_name}"
+            created = await self._events.send(
+                room_id=room_id, sender=creator, event_type="m.room.create", content=create_content,
+                state_key="", room_version=room_version,
+            )
+        room_id = created.event.room_id
+        await self._send_state(room_id, creator, "m.room.member", creator, await self._member_content(creator, "join"))
+
+        pl = self._power_levels(room_version, creator, preset, req)
+        await self._send_state(room_id, creator, "m.room.power_levels", "", pl)
+        if alias is not None:
+            await self._send_state(room_id, creator, "m.room.canonical_alias", "", {"alias": alias})
+        initial = {(t, k): c for t, k, c in req.initial_state}
+        join_rule = "public" if preset == "public_chat" else "invite"
+        defaults: list[tuple[str, dict[str, Any]]] = [
+            ("m.room.join_rules", {"join_rule": join_rule}),
+            ("m.room.history_visibility", {"history_visibility": "shared"}),
+        ]
+        if preset != "public_chat":
+            defaults.append(("m.room.guest_access", {"guest_access": "can_join"}))
+        for event_type, content in defaults:
+            if (event_type, "") not in initial:
+                await self._send_state(room_id, creator, event_type, "", content)
+        if self._encrypt_new_room(preset) and ("m.room.encryption", "") not in initial:
+            await self._send_state(room_id, creator, "m.room.encryption", "", {"algorithm": "m.megolm.v1.aes-sha2"})
+        for (event_type, state_key), content in initial.items():
+            await self._send_state(room_id, creator, event_type, state_key, content)
+        if req.name is not None:
+            await self._send_state(room_id, creator, "m.room.name", "", {"name": req.name})
+        if req.topic is not None:
+            await self._send_state(room_id, creator, "m.room.topic", "", {"topic": req.topic})
+        for invitee in req.invite:
+            content = {"membership": "invite"}
+            if req.is_direct:
+                content["is_direct"] = True  # type: ignore[assignment]
+            await self._send_state(room_id, creator, "m.room.member", invitee, content)
+        if alias is not None:
+            await self._rooms.create_alias(alias, room_id, creator, self._clock.time_msec())
+        if req.visibility == "public":
+            await self._rooms.set_published(room_id, True)
+        return room_id, alias
+
+    def _encrypt_new_room(self, preset: str) -> bool:
+        if self._encryption_by_default == "all":
+            return True
+        return self._encryption_by_default == "invite" and preset in ("private_chat", "trusted_private_chat")
+
+    def _power_levels(self, room_version: RoomVersion, creator: str, preset: str, req: CreateRoomRequest) -> dict[str, Any]:
+        users: dict[str, int] = {}
+        if not room_version.privileged_creators:
+            users[creator] = CREATOR_DEFAULT_LEVEL
+        if preset == "trusted_private_chat":
+            for invitee in req.invite:
+                users[invitee] = CREATOR_DEFAULT_LEVEL
+        content: dict[str, Any] = {
+            "users": users,
+            "users_default": 0,
+            "events": {
+                "m.room.name": 50,
+                "m.room.power_levels": 100,
+                "m.room.history_visibility": 100,
+                "m.room.canonical_alias": 50,
+                "m.room.avatar": 50,
+                "m.room.tombstone": 100,
+                "m.room.server_acl": 100,
+                "m.room.encryption": 100,
+            },
+            "events_default": 0,
+            "state_default": 50,
+            "ban": 50,
+            "kick": 50,
+            "redact": 50,
+            "invite": 50 if preset == "public_chat" else 0,
+            "historical": 100,
+        }
+        if req.power_level_content_override:
+            content.update(req.power_level_content_override)
+        return content
+
+    async def _send_state(self, room_id: str, sender: str, event_type: str, state_key: str, content: dict[str, Any]) -> SentEvent:
+        return await self._events.send(
+            room_id=room_id, sender=sender, event_type=event_type, content=content, state_key=state_key
+        )
+
+    async def _member_content(self, user_id: str, membership: str, reason: str | None = None) -> dict[str, Any]:
+        content: dict[str, Any] = {"membership": membership}
+        if membership == "join":
+            displayname, avatar_url = await self._profile_of(user_id)
+            if displayname is not None:
+                content["displayname"] = displayname
+            if avatar_url is not None:
+                content["avatar_url"] = avatar_url
+        if reason is not None:
+            content["reason"] = reason
+        return content
+
+    # -- membership --------------------------------------------------------------------
+
+    async def resolve_room(self, room_id_or_alias: str) -> str:
+        if room_id_or_alias.startswith("#"):
+            try:
+                RoomAlias.parse(room_id_or_alias)
+            except InvalidID:
+                raise MatrixError(400, Codes.INVALID_PARAM, "Invalid room alias") from None
+            found = await self._rooms.get_alias(room_id_or_alias)
+            if found is None:
+                raise not_found("Room alias not found")
+            return found[0]
+        try:
+            RoomID.parse(room_id_or_alias)
+        except InvalidID:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Invalid room ID or alias") from None
+        return room_id_or_alias
+
+    async def update_membership(
+        self,
+        *,
+        sender: str,
+        room_id: str,
+        action: str,
+        target: str | None = None,
+        reason: str | None = None,
+        txn: Any = None,
+        extra_content: dict[str, Any] | None = None,
+    ) -> SentEvent:
+        """Join, leave, invite, kick, ban, unban or knock; the auth rules decide what is allowed."""
+        target = target or sender
+        try:
+            UserID.parse(target)
+        except InvalidID:
+            raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid user ID: {target}") from None
+        if not await self._rooms.room_exists(room_id):
+            raise not_found("Unknown room")
+        current = await self._events.current_state_event(room_id, "m.room.member", target)
+        current_membership = current.content.get("membership") if current else None
+        membership = {
+            "invite": "invite",
+            "join": "join",
+            "leave": "leave",
+            "kick": "leave",
+            "ban": "ban",
+            "unban": "leave",
+            "knock": "knock",
+        }[action]
+        if action == "unban" and current_membership != "ban":
+            raise forbidden(f"{target} is not banned")
+        if action == "kick" and current_membership not in ("join", "invite", "knock"):
+            raise forbidden(f"{target} is not in the room")
+        if action == "leave" and current_membership in (None, "leave"):
+            raise forbidden(f"{target} is not in the room")
+        if action == "invite" and current_membership == "join":
+            raise forbidden(f"{target} is already in the room")
+        if action == "invite" and current_membership == "ban":
+            raise forbidden(f"{target} is banned from the room")
+        if action == "join" and current_membership == "ban":
+            raise forbidden("You are banned from this room")
+        if action == "knock":
+            version = await self._events.room_version(room_id)
+            if not version.knock_join_rule:
+                raise forbidden(f"Room version {version.identifier} does not support knocking")
+        content = await self._member_content(target, membership, reason)
+        if extra_content:
+            content.update({k: v for k, v in extra_content.items() if k not in ("membership",)})
+        return await self._events.send(
+            room_id=room_id, sender=sender, event_type="m.room.member", content=content, state_key=target, txn=txn
+        )
+
+    async def forget(self, user_id: str, room_id: str) -> None:
+        membership = await self._rooms.get_membership(room_id, user_id)
+        if membership is None:
+            raise not_found("Unknown room")
+        if membership.membership in ("join", "invite", "knock"):
+            raise MatrixError(400, Codes.UNKNOWN, "You must leave the room before forgetting it")
+        await self._rooms.forget(room_id, user_id)
+
+    async def joined_rooms(self, user_id: str) -> list[str]:
+        return sorted(m.room_id for m in await self._rooms.rooms_for_user(user_id))
+
+    # -- aliases and directory ---------------------------------------------------------
+
+    async def create_alias(self, user_id: str, alias: str, room_id: str) -> None:
+        try:
+            parsed = RoomAlias.parse(alias)
+        except InvalidID:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Invalid room alias") from None
+        if parsed.domain != self._server_name:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Room alias must be on this server")
+        if not await self._rooms.room_exists(room_id):
+            raise not_found("Unknown room")
+        if not await self._rooms.create_alias(alias, room_id, user_id, self._clock.time_msec()):
+            raise MatrixError(409, Codes.UNKNOWN, "Room alias already exists")
+
+    async def get_alias(self, alias: str) -> dict[str, Any]:
+        room_id = await self.resolve_room(alias)
+        return {"room_id": room_id, "servers": [self._server_name]}
+
+    async def delete_alias(self, user_id: str, alias: str, is_admin: bool) -> None:
+        found = await self._rooms.get_alias(alias)
+        if found is None:
+            raise not_found("Room alias not found")
+        room_id, creator = found
+        if creator != user_id and not is_admin:
+            pl = await self._events.current_state_event(room_id, "m.room.power_levels")
+            level = int((pl.content.get("users", {}) if pl else {}).get(user_id, 0))
+            if level < 50:
+                raise forbidden("You may not delete this alias")
+        await self._rooms.delete_alias(alias)
+
+    async def aliases(self, room_id: str) -> list[str]:
+        return await self._rooms.aliases_for_room(room_id)
+
+    # -- upgrades ---------------------------------------------------------------------
+
+    async def upgrade_room(self, user_id: str, old_room_id: str, new_version_id: str) -> str:
+        """Replace the room by a new one of ``new_version_id``: copy its state, tombstone the
+        old room and restrict it, move the local aliases."""
+        new_version = KNOWN_ROOM_VERSIONS.get(new_version_id)
+        if new_version is None or not new_version.supported:
+            raise MatrixError(400, Codes.UNSUPPORTED_ROOM_VERSION, f"Room version {new_version_id} is not supported")
+        membership = await self._rooms.get_membership(old_room_id, user_id)
+        if membership is None or membership.membership != "join":
+            raise forbidden("You are not in this room")
+        state = await self._events.current_state_events(old_room_id)
+        old_create = state[("m.room.create", "")]
+        pl = state.get(("m.room.power_levels", ""))
+        version = await self._events.room_version(old_room_id)
+        level = get_user_power_level(user_id, old_create, pl, version)
+        needed = get_required_level_for_event("m.room.tombstone", "", pl.content if pl else {})
+        if level < needed:
+            raise forbidden("You don't have permission to upgrade this room")
+        last_event = await self._events.current_state_ids(old_room_id)
+        create_content: dict[str, Any] = {
+            k: v for k, v in old_create.content.items() if k in ("m.federate", "type")
+        }
+        create_content["predecessor"] = {"room_id": old_room_id}
+        if not new_version.room_id_from_create_event:
+            create_content["predecessor"]["event_id"] = last_event[("m.room.create", "")]
+        copied = (
+            "m.room.join_rules", "m.room.history_visibility", "m.room.guest_access", "m.room.name",
+            "m.room.topic", "m.room.avatar", "m.room.encryption", "m.room.server_acl", "m.room.canonical_alias",
+        )
+        initial = tuple((t, "", dict(state[(t, "")].content)) for t in copied if (t, "") in state)
+        pl_content = dict(pl.content) if pl else None
+        if pl_content is not None and new_version.privileged_creators:
+            users = dict(pl_content.get("users", {}))
+            users.pop(user_id, None)
+            pl_content["users"] = users
+        new_room_id, _ = await self.create_room(
+            user_id,
+            CreateRoomRequest(
+                room_version=new_version.identifier,
+                creation_content=create_content,
+                initial_state=initial,
+                preset="private_chat",
+                power_level_content_override=pl_content,
+            ),
+        )
+        await self._send_state(
+            old_room_id, user_id, "m.room.tombstone", "",
+            {"body": "This room has been replaced", "replacement_room": new_room_id},
+        )
+        if pl is not None:
+            restricted = dict(pl.content)
+            floor = max(50, int(restricted.get("users_default", 0)) + 1)
+            restricted["events_default"] = max(int(restricted.get("events_default", 0)), floor)
+            restricted["invite"] = max(int(restricted.get("invite", 0)), floor)
+            try:
+                await self._send_state(old_room_id, user_id, "m.room.power_levels", "", restricted)
+            except MatrixError:
+                pass  # the tombstone is what matters; restricting is best effort
+        for alias in await self._rooms.aliases_for_room(old_room_id):
+            await self._rooms.delete_alias(alias)
+            await self._rooms.create_alias(alias, new_room_id, user_id, self._clock.time_msec())
+        if await self._rooms.is_published(old_room_id):
+            await self._rooms.set_published(old_room_id, False)
+            await self._rooms.set_published(new_room_id, True)
+        return new_room_id

@@ -1,0 +1,54 @@
+"""The client format of events: what /sync, /messages and /event return."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from homeserver.events.model import Event
+from homeserver.events.redaction import redact_event_dict
+
+# Fields of the federation format that clients never see.
+_FEDERATION_ONLY = ("auth_events", "prev_events", "hashes", "signatures", "depth", "origin", "membership", "prev_state")
+
+
+def client_event(
+    event: Event,
+    *,
+    now_ms: int,
+    redaction: Event | None = None,
+    transaction_id: str | None = None,
+    prev_content: Mapping[str, Any] | None = None,
+    prev_sender: str | None = None,
+    relations: Mapping[str, Any] | None = None,
+    include_room_id: bool = True,
+    redaction_json: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Serialise for clients (the spec's ClientEvent), with the unsigned data we add."""
+    source = redact_event_dict(event.room_version, event.dict) if redaction is not None else event.dict
+    out = {k: v for k, v in source.items() if k not in _FEDERATION_ONLY and k != "unsigned"}
+    out["event_id"] = event.event_id
+    out["room_id"] = event.room_id
+    if not include_room_id:
+        out.pop("room_id", None)
+    unsigned: dict[str, Any] = {"age": max(0, now_ms - event.origin_server_ts)}
+    if redaction is not None:
+        unsigned["redacted_because"] = redaction_json or client_event(redaction, now_ms=now_ms)
+    if transaction_id is not None:
+        unsigned["transaction_id"] = transaction_id
+    if prev_content is not None:
+        unsigned["prev_content"] = dict(prev_content)
+        if prev_sender is not None:
+            unsigned["prev_sender"] = prev_sender
+    if relations:
+        unsigned["m.relations"] = dict(relations)
+    # Invite/knock room state rides in unsigned (added by the membership code).
+    for key in ("invite_room_state", "knock_room_state", "replaces_state"):
+        if key in event.unsigned:
+            unsigned[key] = event.unsigned[key]
+    out["unsigned"] = unsigned
+    return out
+
+
+def strip_state_event(event: Event) -> dict[str, Any]:
+    """The stripped state shown with invites (type, state_key, content, sender)."""
+    return {"type": event.type, "state_key": event.state_key, "content": dict(event.content), "sender": event.sender}

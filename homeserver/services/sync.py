@@ -1,0 +1,348 @@
+"""/sync: what changed for a user between two stream tokens, waiting for news when asked.
+
+A response is computed against a fixed upper token taken at the start, so it is always
+consistent; the next_batch token is that upper token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Protocol
+
+from homeserver.core.clock import Clock
+from homeserver.services.auth import Requester
+from homeserver.services.ephemeral import ReceiptService, TypingService
+from homeserver.services.events import RoomEventService
+from homeserver.services.notifier import Notifier
+from homeserver.services.presenter import EventPresenter
+from homeserver.services.serialize import client_event, strip_state_event
+from homeserver.services.streams import StreamToken
+from homeserver.services.userdata import AccountDataService
+from homeserver.storage.events import EventRepository, StoredEvent
+from homeserver.storage.receipts import ReceiptRepository
+from homeserver.storage.rooms import RoomRepository
+from homeserver.storage.state import StateMap, StateRepository
+from homeserver.storage.timeline import TimelineRepository, TopoKey
+
+DEFAULT_TIMELINE_LIMIT = 10
+MAX_TIMEOUT_MS = 5 * 60 * 1000
+STRIPPED_STATE_TYPES = (
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+)
+
+
+class SyncFilter(Protocol):
+    """What /sync needs of a client filter (see homeserver.filtering)."""
+
+    def timeline_limit(self, default: int) -> int: ...
+    def lazy_load_members(self) -> bool: ...
+    def include_leave(self) -> bool: ...
+    def room_included(self, room_id: str) -> bool: ...
+    def timeline_matches(self, event: dict[str, Any]) -> bool: ...
+    def state_matches(self, event: dict[str, Any]) -> bool: ...
+    def ephemeral_matches(self, event: dict[str, Any]) -> bool: ...
+    def account_data_matches(self, event: dict[str, Any]) -> bool: ...
+    def room_account_data_matches(self, event: dict[str, Any]) -> bool: ...
+    def presence_matches(self, event: dict[str, Any]) -> bool: ...
+
+
+# Extra per-user sections filled by other features (to-device, device lists, key counts).
+SyncExtension = Callable[[Requester, StreamToken | None, StreamToken, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class SyncRequest:
+    requester: Requester
+    since: StreamToken | None
+    timeout_ms: int
+    full_state: bool
+    filter: SyncFilter
+
+
+class SyncService:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        notifier: Notifier,
+        events: RoomEventService,
+        event_store: EventRepository,
+        state: StateRepository,
+        timeline: TimelineRepository,
+        rooms: RoomRepository,
+        presenter: EventPresenter,
+        account_data: AccountDataService,
+        typing: TypingService,
+        receipts: ReceiptService,
+        receipt_store: ReceiptRepository,
+    ) -> None:
+        self._clock = clock
+        self._notifier = notifier
+        self._events = events
+        self._store = event_store
+        self._state = state
+        self._timeline = timeline
+        self._rooms = rooms
+        self._presenter = presenter
+        self._account_data = account_data
+        self._typing = typing
+        self._receipts = receipts
+        self._receipt_store = receipt_store
+        self.extensions: list[SyncExtension] = []
+
+    async def current_token(self) -> StreamToken:
+        token = StreamToken(
+            events=await self._store.current_stream_ordering(),
+            account_data=await self._account_data.current_position(),
+            receipts=await self._receipts.current_position(),
+            typing=self._typing.position,
+        )
+        return token.max(self._notifier.current)
+
+    async def sync(self, req: SyncRequest) -> dict[str, Any]:
+        user_id = req.requester.user_id
+        now = await self.current_token()
+        body = await self._compute(req, now)
+        timeout = min(max(req.timeout_ms, 0), MAX_TIMEOUT_MS)
+        if req.since is not None and not req.full_state and timeout > 0 and self._is_empty(body):
+            await self._notifier.wait_for_news(user_id, now, timeout)
+            now = await self.current_token()
+            body = await self._compute(req, now)
+        return body
+
+    @staticmethod
+    def _is_empty(body: dict[str, Any]) -> bool:
+        rooms = body["rooms"]
+        if rooms["join"] or rooms["invite"] or rooms["leave"] or rooms["knock"]:
+            return False
+        if body["account_data"]["events"] or body["presence"]["events"] or body["to_device"]["events"]:
+            return False
+        lists = body.get("device_lists", {})
+        return not (lists.get("changed") or lists.get("left"))
+
+    async def _compute(self, req: SyncRequest, now: StreamToken) -> dict[str, Any]:
+        user_id = req.requester.user_id
+        since = None if req.full_state and req.since is None else req.since
+        body: dict[str, Any] = {
+            "next_batch": now.to_string(),
+            "rooms": {"join": {}, "invite": {}, "leave": {}, "knock": {}},
+            "account_data": {"events": []},
+            "presence": {"events": []},
+            "to_device": {"events": []},
+            "device_lists": {"changed": [], "left": []},
+            "device_one_time_keys_count": {},
+            "device_unused_fallback_key_types": [],
+        }
+        after_ad = since.account_data if since else 0
+        room_data: dict[str, list[dict[str, Any]]] = {}
+        for room_id, data_type, content in await self._account_data.changed_since(user_id, after_ad, now.account_data):
+            event = {"type": data_type, "content": content}
+            if room_id:
+                room_data.setdefault(room_id, []).append(event)
+            elif req.filter.account_data_matches(event):
+                body["account_data"]["events"].append(event)
+
+        memberships = await self._rooms.rooms_for_user(user_id, ("join", "invite", "leave", "ban", "knock"))
+        changed: dict[str, list[tuple[str, str, int]]] = {}
+        if since is not None:
+            for room_id, membership, event_id, stream in await self._rooms.membership_changes_since(
+                user_id, since.events, now.events
+            ):
+                changed.setdefault(room_id, []).append((membership, event_id, stream))
+        joined = [m.room_id for m in memberships if m.membership == "join" and req.filter.room_included(m.room_id)]
+        receipts = await self._receipts.receipt_events(
+            joined, user_id, since.receipts if since else 0, now.receipts
+        )
+        rooms_with_events = (
+            await self._timeline.rooms_with_events_between(joined, since.events, now.events) if since else set(joined)
+        )
+        for m in memberships:
+            if not req.filter.room_included(m.room_id):
+                continue
+            if m.stream_ordering > now.events:
+                continue  # changed after our upper token: next time
+            if m.membership == "join":
+                newly = since is not None and m.room_id in changed and await self._was_not_joined(m.room_id, user_id, since)
+                room = await self._joined_room(
+                    req, m.room_id, since if not newly and not req.full_state else None, now,
+                    has_events=m.room_id in rooms_with_events or newly or req.full_state,
+                    account_data=room_data.get(m.room_id, []),
+                    receipt=receipts.get(m.room_id),
+                )
+                if room is not None:
+                    body["rooms"]["join"][m.room_id] = room
+            elif m.membership == "invite":
+                if since is None or m.room_id in changed:
+                    body["rooms"]["invite"][m.room_id] = await self._invited_room(m.room_id, m.event_id)
+            elif m.membership == "knock":
+                if since is None or m.room_id in changed:
+                    body["rooms"]["knock"][m.room_id] = {"knock_state": await self._stripped_state(m.room_id, m.event_id, "knock_state")}
+            elif m.membership in ("leave", "ban"):
+                if since is None:
+                    include = req.filter.include_leave()
+                else:
+                    # A room left since the last sync is reported once, so the client drops it.
+                    include = m.room_id in changed and (
+                        req.filter.include_leave() or await self._was_in_room(m.room_id, user_id, since)
+                    )
+                if include:
+                    body["rooms"]["leave"][m.room_id] = await self._left_room(
+                        req, m.room_id, m.event_id, m.stream_ordering, since
+                    )
+        for extension in self.extensions:
+            await extension(req.requester, since, now, body)
+        return body
+
+    async def _was_not_joined(self, room_id: str, user_id: str, since: StreamToken) -> bool:
+        at = await self._rooms.membership_at(room_id, user_id, since.events)
+        return at is None or at[0] != "join"
+
+    async def _was_in_room(self, room_id: str, user_id: str, since: StreamToken) -> bool:
+        at = await self._rooms.membership_at(room_id, user_id, since.events)
+        return at is not None and at[0] in ("join", "invite", "knock")
+
+    async def _timeline_section(
+        self, req: SyncRequest, room_id: str, after: int | None, upto: int
+    ) -> tuple[list[StoredEvent], bool, str]:
+        limit = req.filter.timeline_limit(DEFAULT_TIMELINE_LIMIT)
+        items, limited = await self._timeline.recent_event_ids(room_id, after=after, upto=upto, limit=limit)
+        fetched = await self._store.get_events([e for e, _, _ in items])
+        stored = [fetched[e] for e, _, _ in items if e in fetched]
+        if stored:
+            prev_batch = TopoKey(stored[0].event.depth, stored[0].stream_ordering).to_token()
+        else:
+            prev_batch = (await self._timeline.topo_key_for_stream(room_id, upto)).to_token()
+        visible = await self._presenter.filter_visible(req.requester.user_id, stored)
+        visible = [s for s in visible if req.filter.timeline_matches(client_event(s.event, now_ms=0))]
+        return visible, limited, prev_batch
+
+    async def _state_at_timeline_start(self, timeline: list[StoredEvent], fallback: StateMap) -> StateMap:
+        """The state just before the first timeline event: the state after the last one,
+        with the timeline's own state changes undone."""
+        if not timeline:
+            return dict(fallback)
+        state = await self._state.get_state_after_event(timeline[-1].event.event_id)
+        state = dict(state if state is not None else fallback)
+        for item in reversed(timeline):
+            event = item.event
+            if event.is_state() and state.get(event.state_key_tuple) == event.event_id:
+                if item.replaces_state:
+                    state[event.state_key_tuple] = item.replaces_state
+                else:
+                    del state[event.state_key_tuple]
+        return state
+
+    async def _state_at_stream(self, room_id: str, stream: int) -> StateMap:
+        key = await self._timeline.topo_key_for_stream(room_id, stream)
+        found = await self._timeline.paginate(room_id, start=key, backwards=True, limit=1)
+        if not found:
+            return {}
+        return await self._state.get_state_after_event(found[0][0]) or {}
+
+    async def _joined_room(
+        self,
+        req: SyncRequest,
+        room_id: str,
+        since: StreamToken | None,
+        now: StreamToken,
+        *,
+        has_events: bool,
+        account_data: list[dict[str, Any]],
+        receipt: dict[str, Any] | None,
+    ) -> dict[str, Any] | None:
+        user_id = req.requester.user_id
+        typing = self._typing.typing_event(room_id, since.typing if since else 0)
+        ephemeral = [e for e in (typing, receipt) if e is not None and req.filter.ephemeral_matches(e)]
+        account_data = [e for e in account_data if req.filter.room_account_data_matches(e)]
+        if since is not None and not has_events and not ephemeral and not account_data:
+            return None
+        timeline, limited, prev_batch = await self._timeline_section(
+            req, room_id, since.events if since else None, now.events
+        )
+        state_ids: StateMap = {}
+        if since is None:
+            current = await self._state_at_stream(room_id, now.events)
+            state_ids = await self._state_at_timeline_start(timeline, current)
+        elif limited:
+            at_since = await self._state_at_stream(room_id, since.events)
+            at_start = await self._state_at_timeline_start(timeline, await self._state_at_stream(room_id, now.events))
+            state_ids = {k: v for k, v in at_start.items() if at_since.get(k) != v}
+        if req.filter.lazy_load_members() and state_ids:
+            wanted = {s.event.sender for s in timeline} | {user_id}
+            state_ids = {k: v for k, v in state_ids.items() if k[0] != "m.room.member" or k[1] in wanted}
+        state_events = await self._store.get_events(list(state_ids.values()))
+        timeline_ids = {s.event.event_id for s in timeline}
+        state_list = [state_events[e] for e in state_ids.values() if e in state_events and e not in timeline_ids]
+        state_json = [
+            e for e in await self._presenter.serialize(state_list, user_id=None, device_id=None, with_relations=False)
+            if req.filter.state_matches(e)
+        ]
+        timeline_json = await self._presenter.serialize(
+            timeline, user_id=user_id, device_id=req.requester.device_id
+        )
+        read_upto = await self._receipt_store.latest_read_stream(user_id, room_id)
+        notifications, highlights = await self._receipt_store.unread_counts(user_id, room_id, read_upto)
+        room: dict[str, Any] = {
+            "timeline": {"events": timeline_json, "limited": limited, "prev_batch": prev_batch},
+            "state": {"events": state_json},
+            "ephemeral": {"events": ephemeral},
+            "account_data": {"events": account_data},
+            "unread_notifications": {"notification_count": notifications, "highlight_count": highlights},
+        }
+        if since is None or limited or any(s.event.type == "m.room.member" for s in timeline):
+            room["summary"] = await self._summary(room_id, user_id)
+        return room
+
+    async def _summary(self, room_id: str, user_id: str) -> dict[str, Any]:
+        members = await self._rooms.members(room_id, ("join", "invite"))
+        joined = [m for m in members if m.membership == "join"]
+        invited = [m for m in members if m.membership == "invite"]
+        heroes = sorted(m.user_id for m in members if m.user_id != user_id)[:5]
+        return {
+            "m.heroes": heroes,
+            "m.joined_member_count": len(joined),
+            "m.invited_member_count": len(invited),
+        }
+
+    async def _stripped_state(self, room_id: str, member_event_id: str, _kind: str) -> dict[str, Any]:
+        current = await self._events.current_state_ids(room_id)
+        ids = [current[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in current]
+        fetched = await self._store.get_events([*ids, member_event_id])
+        events = [strip_state_event(fetched[e].event) for e in ids if e in fetched]
+        member = fetched.get(member_event_id)
+        if member is not None:
+            events.append(strip_state_event(member.event))
+        return {"events": events}
+
+    async def _invited_room(self, room_id: str, invite_event_id: str) -> dict[str, Any]:
+        return {"invite_state": await self._stripped_state(room_id, invite_event_id, "invite_state")}
+
+    async def _left_room(
+        self, req: SyncRequest, room_id: str, leave_event_id: str, leave_stream: int, since: StreamToken | None
+    ) -> dict[str, Any]:
+        timeline, limited, prev_batch = await self._timeline_section(
+            req, room_id, since.events if since else None, leave_stream
+        )
+        state_at_leave = await self._state.get_state_after_event(leave_event_id) or {}
+        state_ids = await self._state_at_timeline_start(timeline, state_at_leave) if (since is None or limited) else {}
+        fetched = await self._store.get_events(list(state_ids.values()))
+        timeline_ids = {s.event.event_id for s in timeline}
+        state_json = await self._presenter.serialize(
+            [fetched[e] for e in state_ids.values() if e in fetched and e not in timeline_ids],
+            user_id=None, device_id=None, with_relations=False,
+        )
+        return {
+            "timeline": {
+                "events": await self._presenter.serialize(timeline, user_id=req.requester.user_id, device_id=req.requester.device_id),
+                "limited": limited,
+                "prev_batch": prev_batch,
+            },
+            "state": {"events": state_json},
+            "account_data": {"events": []},
+        }

@@ -1,0 +1,153 @@
+"""Event facts the state resolution orderings need: auth events, power, power events.
+
+These read an event's own ``auth_events`` only (never the room state), as the
+orderings in the spec do: "when looking at their respective auth_events".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from homeserver.events.room_versions import RoomVersion
+from homeserver.state.interfaces import (
+    CREATE,
+    CREATE_KEY,
+    JOIN_RULES_KEY,
+    MEMBER,
+    POWER_LEVELS_KEY,
+    StateEvent,
+)
+
+# Room version 12: creators outrank every level a power_levels event can grant.
+CREATOR_POWER: float = math.inf
+
+# What an event lookup returns: the event, or None when it is not available.
+EventLookup = Callable[[str], StateEvent | None]
+
+
+def create_event_id_for_room(room_id: str) -> str:
+    """Room version 12: the create event's ID is the room ID with "$" for "!"."""
+    return "$" + room_id[1:]
+
+
+def auth_event_ids_of(room_version: RoomVersion, event: StateEvent) -> Sequence[str]:
+    """The event's auth events, with the v12 create event made explicit.
+
+    From room version 12 the create event is implied by the room ID and never
+    listed in ``auth_events``; every rule and walk here treats it as listed.
+    """
+    auth_ids = event.auth_event_ids
+    if room_version.room_id_from_create_event and event.type != CREATE:
+        create_id = create_event_id_for_room(event.room_id)
+        if create_id not in auth_ids:
+            return [*auth_ids, create_id]
+    return auth_ids
+
+
+def state_key_of(event: StateEvent) -> tuple[str, str] | None:
+    """(type, state_key) of a state event, None for a message event."""
+    state_key = event.state_key
+    return None if state_key is None else (event.type, state_key)
+
+
+def is_power_event(event: StateEvent) -> bool:
+    """Whether the event is a *power event* of state resolution v2.
+
+    The spec: power levels, join rules, and memberships of `leave` or `ban` sent by
+    someone other than the target ("events that might remove someone's ability to
+    do something in the room").  Like Synapse (and ruma) we also count the create
+    event and match power levels and join rules only with the empty state key, so
+    that degenerate inputs resolve the same on every server; in a well-formed room
+    the create event is never conflicted, so this changes nothing there.
+    """
+    key = state_key_of(event)
+    if key in (POWER_LEVELS_KEY, JOIN_RULES_KEY, CREATE_KEY):
+        return True
+    if key is not None and event.type == MEMBER:
+        membership = event.content.get("membership")
+        return membership in ("leave", "ban") and event.sender != event.state_key
+    return False
+
+
+def is_creator(room_version: RoomVersion, create: StateEvent, user_id: str) -> bool:
+    """Whether ``user_id`` is a room creator per the create event.
+
+    v11+: the create event's sender; v12 adds ``content.additional_creators``;
+    before v11: ``content.creator``.
+    """
+    if room_version.implicit_room_creator:
+        if create.sender == user_id:
+            return True
+    elif create.content.get("creator") == user_id:
+        return True
+    if room_version.privileged_creators:
+        additional = create.content.get("additional_creators")
+        return isinstance(additional, list) and user_id in additional
+    return False
+
+
+def _as_level(value: Any, default: int) -> int:
+    """A power level as an int.
+
+    v10+ rooms only admit JSON integers; older ones also allow numeric strings
+    (the "stringy power levels" of the spec).  Anything unparseable counts as the
+    default rather than failing the whole resolution.
+    """
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, (str, float)):
+        try:
+            return int(value)
+        except (ValueError, OverflowError):
+            return default
+    return default
+
+
+def sender_power_level(
+    room_version: RoomVersion, event: StateEvent, lookup: EventLookup
+) -> float:
+    """The power of the event's sender, judged by the event's own auth events.
+
+    The first comparison of the *reverse topological power ordering*.  Room v12:
+    creators have infinite power.  Without a power levels event the creator has 100
+    and everyone else 0 (the auth rules' defaults).
+    """
+    create: StateEvent | None = event if event.type == CREATE else None
+    power_levels: StateEvent | None = None
+    for auth_id in auth_event_ids_of(room_version, event):
+        auth_event = lookup(auth_id)
+        if auth_event is None:
+            continue
+        key = state_key_of(auth_event)
+        if key == POWER_LEVELS_KEY:
+            power_levels = auth_event
+        elif key == CREATE_KEY:
+            create = auth_event
+
+    if room_version.privileged_creators and create is not None:
+        if is_creator(room_version, create, event.sender):
+            return CREATOR_POWER
+
+    if power_levels is None:
+        if create is not None and is_creator(room_version, create, event.sender):
+            return 100
+        return 0
+
+    users = power_levels.content.get("users")
+    level = users.get(event.sender) if isinstance(users, Mapping) else None
+    if level is None:
+        level = power_levels.content.get("users_default")
+    return 0 if level is None else _as_level(level, 0)
+
+
+def power_levels_auth_event(
+    room_version: RoomVersion, event: StateEvent, lookup: EventLookup
+) -> str | None:
+    """The ID of the ``m.room.power_levels`` event among the event's auth events."""
+    for auth_id in auth_event_ids_of(room_version, event):
+        auth_event = lookup(auth_id)
+        if auth_event is not None and state_key_of(auth_event) == POWER_LEVELS_KEY:
+            return auth_id
+    return None

@@ -1,0 +1,305 @@
+"""State resolution v2 (room versions 2-11) and v2.1 (room version 12), the pure part.
+
+Follows the spec's room v2 and v12 "State resolution" sections step by step.  Every
+function here is synchronous and works over events already in memory (``lookup``);
+:mod:`homeserver.state.resolution` gathers them from a store first.
+
+Where Synapse (and ruma) depart from the spec text in ways that change outcomes for
+degenerate inputs, we follow them so that every server converges on the same state;
+each such place says so.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Collection, Iterable, Sequence
+
+from homeserver.events.room_versions import RoomVersion, StateResVersion
+from homeserver.state.interfaces import (
+    POWER_LEVELS_KEY,
+    AuthCheck,
+    AuthTypes,
+    StateEvent,
+    StateKey,
+    StateMap,
+)
+from homeserver.state.power import (
+    EventLookup,
+    auth_event_ids_of,
+    is_power_event,
+    power_levels_auth_event,
+    sender_power_level,
+    state_key_of,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def separate_conflicted(
+    state_sets: Sequence[StateMap],
+) -> tuple[dict[StateKey, str], dict[StateKey, set[str]]]:
+    """Split the state sets into the *unconflicted state map* and the conflicted state.
+
+    A key is unconflicted when every state set has it with the same event; a key
+    some sets lack is conflicted.  Returns (unconflicted map, key -> conflicted
+    event IDs).
+    """
+    unconflicted: dict[StateKey, str] = {}
+    conflicted: dict[StateKey, set[str]] = {}
+    if not state_sets:
+        return unconflicted, conflicted
+    first, rest = state_sets[0], state_sets[1:]
+    # Keys of the first set: one dict lookup per other set in the common case.
+    for key, event_id in first.items():
+        if all(other.get(key) == event_id for other in rest):
+            unconflicted[key] = event_id
+        else:
+            ids = {event_id}
+            ids.update(v for other in rest if (v := other.get(key)) is not None)
+            conflicted[key] = ids
+    # Keys the first set lacks are conflicted by definition.
+    for index, state_set in enumerate(rest):
+        for key in state_set.keys() - first.keys():
+            if key not in conflicted:
+                conflicted[key] = {
+                    v for other in rest[index:] if (v := other.get(key)) is not None
+                }
+    return unconflicted, conflicted
+
+
+def reverse_topological_power_sort(
+    room_version: RoomVersion,
+    event_ids: Iterable[str],
+    full_conflicted_set: Collection[str],
+    lookup: EventLookup,
+) -> list[str]:
+    """Steps 1's ordering: the events plus their auth ancestors in the full
+    conflicted set, in *reverse topological power ordering*.
+
+    Kahn's algorithm over the auth DAG, always taking the smallest ready event by
+    (sender power descending, origin_server_ts, event_id): a heap keeps that choice
+    O(log n).
+
+    The ancestors are found by walking auth edges only *through* events of the full
+    conflicted set, as Synapse and ruma do (the spec's "auth chain of P which also
+    belong to the full conflicted set" could reach further through unconflicted
+    events; in practice v2.1's conflicted subgraph fills that gap).
+    """
+    # event -> its auth events within the graph
+    edges: dict[str, set[str]] = {}
+    stack = list(event_ids)
+    while stack:
+        event_id = stack.pop()
+        if event_id in edges:
+            continue
+        event = lookup(event_id)
+        auth_ids = auth_event_ids_of(room_version, event) if event is not None else ()
+        inside = {a for a in auth_ids if a in full_conflicted_set}
+        edges[event_id] = inside
+        stack.extend(a for a in inside if a not in edges)
+
+    def order_key(event_id: str) -> tuple[float, int, str]:
+        event = lookup(event_id)
+        if event is None:  # not reachable: edges only name events we have
+            return (0, 0, event_id)
+        power = sender_power_level(room_version, event, lookup)
+        return (power, event.origin_server_ts, event_id)
+
+    cited_by: dict[str, list[str]] = {}
+    waiting_on: dict[str, int] = {}
+    ready: list[tuple[tuple[float, int, str], str]] = []
+    for event_id, auth_ids in edges.items():
+        waiting_on[event_id] = len(auth_ids)
+        for auth_id in auth_ids:
+            cited_by.setdefault(auth_id, []).append(event_id)
+        if not auth_ids:
+            ready.append((order_key(event_id), event_id))
+    heapq.heapify(ready)
+
+    ordered: list[str] = []
+    while ready:
+        _, event_id = heapq.heappop(ready)
+        ordered.append(event_id)
+        for child in cited_by.get(event_id, ()):
+            waiting_on[child] -= 1
+            if waiting_on[child] == 0:
+                heapq.heappush(ready, (order_key(child), child))
+    return ordered
+
+
+def mainline_sort(
+    room_version: RoomVersion,
+    event_ids: Iterable[str],
+    resolved_power_levels_id: str | None,
+    lookup: EventLookup,
+) -> list[str]:
+    """Step 3's ordering: the *mainline ordering* based on the resolved power levels.
+
+    The mainline is the resolved power levels event followed by the power levels
+    event of each one's auth events.  An event's position is that of the first
+    mainline event on its own chain of power-levels auth events; events based on an
+    earlier mainline event (or none) come first, then by origin_server_ts, event_id.
+    """
+    mainline: list[str] = []
+    power_levels_id = resolved_power_levels_id
+    while power_levels_id is not None and power_levels_id not in mainline:
+        mainline.append(power_levels_id)
+        event = lookup(power_levels_id)
+        power_levels_id = (
+            power_levels_auth_event(room_version, event, lookup) if event is not None else None
+        )
+    # Sort weight: the root of the mainline (the oldest) is 1 and the resolved power
+    # levels len(mainline); an event whose chain never meets the mainline is 0, the
+    # "infinite position" that sorts first.
+    weight: dict[str, int] = {
+        event_id: len(mainline) - index for index, event_id in enumerate(mainline)
+    }
+
+    def chain_weight(event: StateEvent) -> int:
+        # Walk this event's chain of power-levels auth events to the mainline,
+        # remembering the answer for every power levels event passed on the way:
+        # sibling events share those chains.
+        passed: dict[str, None] = {}  # ordered set; also stops on a (forged) cycle
+        found = 0
+        current = power_levels_auth_event(room_version, event, lookup)
+        while current is not None and current not in passed:
+            known = weight.get(current)
+            if known is not None:
+                found = known
+                break
+            passed[current] = None
+            current_event = lookup(current)
+            if current_event is None:
+                break
+            current = power_levels_auth_event(room_version, current_event, lookup)
+        for event_id in passed:
+            weight[event_id] = found
+        return found
+
+    keyed: list[tuple[int, int, str]] = []
+    for event_id in event_ids:
+        event = lookup(event_id)
+        if event is None:
+            continue
+        keyed.append((chain_weight(event), event.origin_server_ts, event_id))
+    keyed.sort()
+    return [event_id for _, _, event_id in keyed]
+
+
+def iterative_auth_checks(
+    room_version: RoomVersion,
+    event_ids: Iterable[str],
+    base_state: StateMap,
+    lookup: EventLookup,
+    *,
+    auth_check: AuthCheck,
+    auth_types: AuthTypes,
+    rejected: Collection[str] = frozenset(),
+) -> dict[StateKey, str]:
+    """The *iterative auth checks algorithm*: apply each event, in order, to the state
+    if the authorisation rules allow it against that state.
+
+    Keys the rules need but the state lacks fall back to the event's own auth events,
+    except those rejected on receipt ("Rejected auth events are deliberately
+    excluded", spec room v2).  The event itself is checked even if it was rejected
+    on receipt: the spec resolves such events "as usual" (Synapse never re-admits
+    them, a known deviation: matrix-org/synapse#13797).
+
+    ``auth_check`` raising anything rejects the event: state resolution runs on
+    remote input and must reach an answer whatever a malformed event contains.
+
+    Returns a new state map: ``base_state`` with the events that passed applied.
+    """
+    state = dict(base_state)
+    for event_id in event_ids:
+        event = lookup(event_id)
+        key = state_key_of(event) if event is not None else None
+        if event is None or key is None:
+            continue
+
+        auth_events: dict[StateKey, StateEvent] = {}
+        for auth_id in auth_event_ids_of(room_version, event):
+            if auth_id in rejected:
+                continue
+            auth_event = lookup(auth_id)
+            auth_key = state_key_of(auth_event) if auth_event is not None else None
+            if auth_event is not None and auth_key is not None:
+                auth_events[auth_key] = auth_event
+        for auth_key in auth_types(room_version, event):
+            state_event_id = state.get(auth_key)
+            if state_event_id is not None:
+                state_event = lookup(state_event_id)
+                if state_event is not None:
+                    auth_events[auth_key] = state_event
+
+        try:
+            auth_check(room_version, event, auth_events)
+        except Exception as e:
+            logger.debug("state res: %s not allowed: %s", event_id, e)
+            continue
+        state[key] = event_id
+    return state
+
+
+def resolve_conflicted_set(
+    room_version: RoomVersion,
+    full_conflicted_set: Collection[str],
+    unconflicted: StateMap,
+    lookup: EventLookup,
+    *,
+    auth_check: AuthCheck,
+    auth_types: AuthTypes,
+    rejected: Collection[str] = frozenset(),
+) -> dict[StateKey, str]:
+    """Steps 1-5 of the algorithm, given the full conflicted set (every ID in it must
+    resolve through ``lookup``) and the unconflicted state map."""
+    full = full_conflicted_set if isinstance(full_conflicted_set, (set, frozenset)) else set(
+        full_conflicted_set
+    )
+
+    # 1. The power events and their auth ancestors in the full conflicted set, in
+    #    reverse topological power ordering.
+    power_events = [
+        e for e in full if (event := lookup(e)) is not None and is_power_event(event)
+    ]
+    sorted_power_events = reverse_topological_power_sort(room_version, power_events, full, lookup)
+
+    # 2. Iterative auth checks from the unconflicted state map (v2) or, in room
+    #    version 12, from an empty map: the unconflicted state no longer vouches for
+    #    the conflicted events, which stops "state resets" to stale unconflicted
+    #    power levels.
+    base: StateMap = unconflicted if room_version.state_res != StateResVersion.V2_1 else {}
+    partial = iterative_auth_checks(
+        room_version,
+        sorted_power_events,
+        base,
+        lookup,
+        auth_check=auth_check,
+        auth_types=auth_types,
+        rejected=rejected,
+    )
+
+    # 3. The remaining events in mainline order of the partially resolved power levels.
+    done = set(sorted_power_events)
+    leftover = mainline_sort(
+        room_version,
+        (e for e in full if e not in done),
+        partial.get(POWER_LEVELS_KEY),
+        lookup,
+    )
+
+    # 4. Iterative auth checks on top of the partial state.
+    resolved = iterative_auth_checks(
+        room_version,
+        leftover,
+        partial,
+        lookup,
+        auth_check=auth_check,
+        auth_types=auth_types,
+        rejected=rejected,
+    )
+
+    # 5. The unconflicted state map wins over anything resolved.
+    resolved.update(unconflicted)
+    return resolved

@@ -1,0 +1,117 @@
+"""Read receipts (m.read, m.read.private; threaded or not) and push actions for badges."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Collection
+
+from homeserver.storage.database import Database, Transaction
+from homeserver.storage.streams import StreamIdAllocator
+
+
+class ReceiptRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.ids = StreamIdAllocator(db, "receipts")
+
+    async def put(
+        self,
+        room_id: str,
+        receipt_type: str,
+        user_id: str,
+        thread_id: str,
+        event_id: str,
+        event_stream: int,
+        data: dict[str, Any],
+    ) -> int | None:
+        """Store a receipt unless it points before the user's current one; returns its stream ID."""
+        async with self.ids.lock:
+            stream_id = await self.ids.next_id()
+
+            def txn_fn(txn: Transaction) -> bool:
+                row = txn.select_one(
+                    "SELECT event_stream_ordering FROM receipts WHERE room_id = ? AND receipt_type = ?"
+                    " AND user_id = ? AND thread_id = ?",
+                    (room_id, receipt_type, user_id, thread_id),
+                )
+                if row is not None and int(row[0]) >= event_stream:
+                    return False  # receipts never move backwards
+                txn.execute(
+                    "INSERT INTO receipts (room_id, receipt_type, user_id, thread_id, event_id,"
+                    " event_stream_ordering, data, stream_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (room_id, receipt_type, user_id, thread_id) DO UPDATE SET"
+                    " event_id = excluded.event_id, event_stream_ordering = excluded.event_stream_ordering,"
+                    " data = excluded.data, stream_id = excluded.stream_id",
+                    (room_id, receipt_type, user_id, thread_id, event_id, event_stream, json.dumps(data), stream_id),
+                )
+                return True
+
+            stored = await self._db.run_interaction("put_receipt", txn_fn)
+            if not stored:
+                return None
+            self.ids.advance(stream_id)
+        return stream_id
+
+    async def changed_since(
+        self, room_ids: Collection[str], after: int, upto: int
+    ) -> list[tuple[str, str, str, str, str, dict[str, Any]]]:
+        """(room_id, type, user_id, thread_id, event_id, data) changed in (after, upto]."""
+        ids = list(room_ids)
+        if not ids or after >= upto:
+            return []
+
+        def txn_fn(txn: Transaction) -> list[tuple[str, str, str, str, str, dict[str, Any]]]:
+            out = []
+            for start in range(0, len(ids), 200):
+                chunk = ids[start : start + 200]
+                marks = ",".join("?" * len(chunk))
+                for r in txn.select_all(
+                    "SELECT room_id, receipt_type, user_id, thread_id, event_id, data FROM receipts"
+                    f" WHERE stream_id > ? AND stream_id <= ? AND room_id IN ({marks})",
+                    (after, upto, *chunk),
+                ):
+                    out.append((str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), json.loads(r[5])))
+            return out
+
+        return await self._db.run_interaction("receipts_since", txn_fn)
+
+    async def latest_read_stream(self, user_id: str, room_id: str) -> int:
+        """Stream ordering of the newest event the user has read (any read receipt type)."""
+        row = await self._db.run_interaction(
+            "latest_read",
+            lambda txn: txn.select_one(
+                "SELECT MAX(event_stream_ordering) FROM receipts WHERE user_id = ? AND room_id = ?"
+                " AND receipt_type IN ('m.read', 'm.read.private')",
+                (user_id, room_id),
+            ),
+        )
+        return int(row[0]) if row and row[0] is not None else 0
+
+    # -- push actions ------------------------------------------------------------------
+
+    async def add_push_actions(
+        self, room_id: str, event_id: str, stream: int, thread_id: str, actions: list[tuple[str, bool, bool]]
+    ) -> None:
+        """Record (user_id, notify, highlight) for an event."""
+        if not actions:
+            return
+        await self._db.run_interaction(
+            "add_push_actions",
+            lambda txn: txn.execute_many(
+                "INSERT INTO event_push_actions (room_id, event_id, user_id, stream_ordering, thread_id, notif,"
+                " highlight) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(room_id, event_id, u, stream, thread_id, int(n), int(h)) for u, n, h in actions],
+            ),
+        )
+
+    async def unread_counts(self, user_id: str, room_id: str, after_stream: int) -> tuple[int, int]:
+        """(notification_count, highlight_count) of events after ``after_stream``."""
+        row = await self._db.run_interaction(
+            "unread_counts",
+            lambda txn: txn.select_one(
+                "SELECT COALESCE(SUM(notif), 0), COALESCE(SUM(highlight), 0) FROM event_push_actions"
+                " WHERE user_id = ? AND room_id = ? AND stream_ordering > ?",
+                (user_id, room_id, after_stream),
+            ),
+        )
+        return (int(row[0]), int(row[1])) if row else (0, 0)

@@ -1,0 +1,176 @@
+"""Reading the timeline: events by stream position (for /sync) and by topology (for /messages)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Collection
+
+from homeserver.storage.database import Database, Transaction
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TopoKey:
+    """A position in a room's topological order: (depth, stream_ordering)."""
+
+    depth: int
+    stream: int
+
+    def to_token(self) -> str:
+        return f"t{self.depth}-{self.stream}"
+
+
+def _tuple_cmp(op: str) -> str:
+    """SQL for ``(depth, stream_ordering) op (?, ?)`` with parameters (d, d, s)."""
+    strict = op.rstrip("=")
+    return f"(depth {strict} ? OR (depth = ? AND stream_ordering {op} ?))"
+
+
+def _in_clause(values: Collection[str]) -> str:
+    return ",".join("?" * len(values))
+
+
+class TimelineRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def rooms_with_events_between(self, room_ids: Collection[str], after: int, upto: int) -> set[str]:
+        """Which of ``room_ids`` have timeline events with stream in (after, upto]."""
+        if not room_ids or after >= upto:
+            return set()
+        ids = list(room_ids)
+
+        def txn_fn(txn: Transaction) -> set[str]:
+            rows = txn.select_all(
+                "SELECT DISTINCT room_id FROM events WHERE stream_ordering > ? AND stream_ordering <= ?"
+                " AND outlier = 0",
+                (after, upto),
+            )
+            wanted = set(ids)
+            return {str(r[0]) for r in rows if r[0] in wanted}
+
+        return await self._db.run_interaction("rooms_with_events", txn_fn)
+
+    async def recent_event_ids(
+        self, room_id: str, *, after: int | None, upto: int, limit: int
+    ) -> tuple[list[tuple[str, int, int]], bool]:
+        """The last ``limit`` events with stream in (after, upto], oldest first, and whether
+        more were left out.  Each item is (event_id, stream, depth)."""
+
+        def txn_fn(txn: Transaction) -> tuple[list[tuple[str, int, int]], bool]:
+            rows = txn.select_all(
+                "SELECT event_id, stream_ordering, depth FROM events WHERE room_id = ? AND stream_ordering > ?"
+                " AND stream_ordering <= ? AND outlier = 0 ORDER BY stream_ordering DESC LIMIT ?",
+                (room_id, after if after is not None else -1, upto, limit + 1),
+            )
+            limited = len(rows) > limit
+            items = [(str(r[0]), int(r[1]), int(r[2])) for r in rows[:limit]]
+            items.reverse()
+            return items, limited
+
+        return await self._db.run_interaction("recent_events", txn_fn)
+
+    async def paginate(
+        self,
+        room_id: str,
+        *,
+        start: TopoKey,
+        backwards: bool,
+        limit: int,
+        end: TopoKey | None = None,
+    ) -> list[tuple[str, TopoKey]]:
+        """Events strictly after ``start`` in the given direction (up to ``end``), in that order.
+
+        Going backwards, ``start`` itself is excluded: a token points *between* events.
+        """
+        order = "DESC" if backwards else "ASC"
+        where = "room_id = ? AND outlier = 0 AND " + _tuple_cmp("<" if backwards else ">")
+        params: list[object] = [room_id, start.depth, start.depth, start.stream]
+        if end is not None:
+            where += " AND " + _tuple_cmp(">=" if backwards else "<")
+            params += [end.depth, end.depth, end.stream]
+        params.append(limit)
+
+        def txn_fn(txn: Transaction) -> list[tuple[str, TopoKey]]:
+            rows = txn.select_all(
+                f"SELECT event_id, depth, stream_ordering FROM events WHERE {where}"
+                f" ORDER BY depth {order}, stream_ordering {order} LIMIT ?",
+                params,
+            )
+            return [(str(r[0]), TopoKey(int(r[1]), int(r[2]))) for r in rows]
+
+        return await self._db.run_interaction("paginate", txn_fn)
+
+    async def topo_key_for_stream(self, room_id: str, stream: int) -> TopoKey:
+        """The topological position just after the last event of the room at ``stream``."""
+
+        def txn_fn(txn: Transaction) -> TopoKey:
+            row = txn.select_one(
+                "SELECT depth, stream_ordering FROM events WHERE room_id = ? AND stream_ordering <= ?"
+                " AND outlier = 0 ORDER BY stream_ordering DESC LIMIT 1",
+                (room_id, stream),
+            )
+            if row is None:
+                return TopoKey(0, 0)
+            return TopoKey(int(row[0]), int(row[1]) + 1)
+
+        return await self._db.run_interaction("topo_key_for_stream", txn_fn)
+
+    async def topo_key_of_event(self, event_id: str) -> TopoKey | None:
+        row = await self._db.run_interaction(
+            "topo_key_of_event",
+            lambda txn: txn.select_one("SELECT depth, stream_ordering FROM events WHERE event_id = ?", (event_id,)),
+        )
+        return None if row is None else TopoKey(int(row[0]), int(row[1]))
+
+    async def relations(
+        self, event_id: str, *, rel_type: str | None = None, event_type: str | None = None
+    ) -> list[tuple[str, str, str | None, str, int]]:
+        """Events relating to ``event_id``: (event_id, rel_type, key, sender, stream), newest last."""
+        where, params = "r.relates_to_id = ?", [event_id]
+        if rel_type is not None:
+            where += " AND r.relation_type = ?"
+            params.append(rel_type)
+        if event_type is not None:
+            where += " AND r.type = ?"
+            params.append(event_type)
+
+        def txn_fn(txn: Transaction) -> list[tuple[str, str, str | None, str, int]]:
+            rows = txn.select_all(
+                "SELECT r.event_id, r.relation_type, r.aggregation_key, r.sender, r.stream_ordering"
+                " FROM event_relations AS r JOIN events AS e ON e.event_id = r.event_id"
+                f" WHERE {where}"
+                " AND e.redacted_by IS NULL AND e.rejected_reason IS NULL ORDER BY r.stream_ordering",
+                params,
+            )
+            return [(str(a), str(b), None if c is None else str(c), str(d), int(e)) for a, b, c, d, e in rows]
+
+        return await self._db.run_interaction("relations", txn_fn)
+
+    async def redactions_of(self, event_ids: Collection[str]) -> dict[str, str]:
+        """Redaction event IDs targeting each of ``event_ids`` (first one wins)."""
+        if not event_ids:
+            return {}
+        ids = list(event_ids)
+
+        def txn_fn(txn: Transaction) -> dict[str, str]:
+            rows = txn.select_all(
+                f"SELECT redacts, event_id FROM redactions WHERE redacts IN ({_in_clause(ids)})", ids
+            )
+            out: dict[str, str] = {}
+            for redacts, event_id in rows:
+                out.setdefault(str(redacts), str(event_id))
+            return out
+
+        return await self._db.run_interaction("redactions_of", txn_fn)
+
+    async def thread_roots(self, room_id: str) -> list[str]:
+        """Thread roots of the room, the most recently active first."""
+        rows = await self._db.run_interaction(
+            "thread_roots",
+            lambda txn: txn.select_all(
+                "SELECT relates_to_id, MAX(stream_ordering) AS latest FROM event_relations"
+                " WHERE room_id = ? AND relation_type = 'm.thread' GROUP BY relates_to_id ORDER BY latest DESC",
+                (room_id,),
+            ),
+        )
+        return [str(r[0]) for r in rows]
