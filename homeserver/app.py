@@ -19,6 +19,7 @@ from homeserver.api.client import devices as devices_api
 from homeserver.api.client import login as login_api
 from homeserver.api.client import register as register_api
 from homeserver.api.client import directory as directory_api
+from homeserver.api.client import push as push_api
 from homeserver.api.client import rooms as rooms_api
 from homeserver.api.client import sync as sync_api
 from homeserver.api.client import userdata as userdata_api
@@ -43,14 +44,19 @@ from homeserver.services.ephemeral import ReceiptService, TypingService
 from homeserver.services.events import RoomEventService
 from homeserver.services.messages import MessageService
 from homeserver.services.notifier import Notifier
+from homeserver.services.presence import PresenceService
 from homeserver.services.presenter import EventPresenter
+from homeserver.services.push import PushRuleService
 from homeserver.services.rooms import RoomService
+from homeserver.services.search import SearchService
 from homeserver.services.sync import SyncService
 from homeserver.services.sync_filter import FilterLoader, parse_filter_json
 from homeserver.services.userdata import AccountDataService, ProfileService
 from homeserver.storage.events import EventRepository
+from homeserver.storage.push import PushRuleRepository
 from homeserver.storage.receipts import ReceiptRepository
 from homeserver.storage.rooms import RoomRepository
+from homeserver.storage.search import SearchRepository
 from homeserver.storage.state import StateGroupCache, StateRepository
 from homeserver.storage.timeline import TimelineRepository
 from homeserver.storage.userdata import AccountDataRepository, ProfileRepository
@@ -336,6 +342,19 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
         search_all_users=config.user_directory.search_all_users,
     )
     filters = FilterLoader(account_data)
+    presence = PresenceService(
+        clock=clock, db=db, notifier=notifier, rooms=room_store, enabled=config.presence_enabled
+    )
+    sync.extensions.append(presence.sync_extension)
+    push = PushRuleService(
+        rules=PushRuleRepository(db),
+        account_data=account_data,
+        rooms=room_store,
+        receipts=receipt_store,
+        events=room_events,
+    )
+    room_events.post_persist_hooks.append(push.on_new_event)
+    sync.extensions.append(push.sync_extension)
 
     services = Services(
         rooms=rooms,
@@ -396,12 +415,27 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
             account_data=account_data,
             load_filter=filters.load,
             validate_filter=parse_filter_json,
+            set_presence=lambda user_id, state: presence.set_presence(user_id, state, from_sync=True),
         )
         userdata_api.register(
-            router, authenticate=authenticate, profiles=profiles, account_data=account_data, typing=typing, receipts=receipts
+            router,
+            authenticate=authenticate,
+            profiles=profiles,
+            account_data=account_data,
+            typing=typing,
+            receipts=receipts,
+            presence=presence,
         )
+        push_api.register(router, authenticate=authenticate, push=push)
         directory_api.register(
-            router, authenticate=authenticate, rooms=rooms, directory=directory, is_admin=services.admin.is_admin
+            router,
+            authenticate=authenticate,
+            rooms=rooms,
+            directory=directory,
+            is_admin=services.admin.is_admin,
+            search=SearchService(
+                search=SearchRepository(db), events=event_store, rooms=room_store, presenter=presenter
+            ),
         )
 
     hs = Homeserver(

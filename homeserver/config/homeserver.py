@@ -132,6 +132,7 @@ class HomeserverConfig:
     require_auth_for_profile_requests: bool = False
     limit_profile_requests_to_users_who_share_rooms: bool = False
     user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
+    presence_enabled: bool = True
 
     # -- email (emailconfig.py) --------------------------------------------------------
     email: EmailConfig | None = None
@@ -252,6 +253,7 @@ class HomeserverConfig:
             require_auth_for_profile_requests=rooms.require_auth_for_profile_requests,
             limit_profile_requests_to_users_who_share_rooms=rooms.limit_profile_requests_to_users_who_share_rooms,
             user_directory=rooms.user_directory,
+            presence_enabled=rooms.presence_enabled,
             email=email,
         )
         return config, problems.warnings

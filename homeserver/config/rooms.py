@@ -37,6 +37,7 @@ class RoomSettings:
     require_auth_for_profile_requests: bool
     limit_profile_requests_to_users_who_share_rooms: bool
     user_directory: UserDirectoryConfig
+    presence_enabled: bool
 
 
 def _read_room_version(r: Reader) -> str:
@@ -81,6 +82,14 @@ def _read_user_directory(r: Reader) -> UserDirectoryConfig:
     return config
 
 
+def _read_presence(r: Reader) -> bool:
+    """Synapse's ``presence: {enabled: true}`` (``use_presence`` is its old spelling)."""
+    section = r.section("presence")
+    enabled = section.boolean("enabled", True)
+    section.finish()
+    return enabled
+
+
 def read_rooms(r: Reader) -> RoomSettings:
     """Read the room and profile settings from the top-level reader."""
     settings = RoomSettings(
@@ -91,6 +100,7 @@ def read_rooms(r: Reader) -> RoomSettings:
             "limit_profile_requests_to_users_who_share_rooms", False
         ),
         user_directory=_read_user_directory(r),
+        presence_enabled=_read_presence(r),
     )
     if settings.limit_profile_requests_to_users_who_share_rooms and not settings.require_auth_for_profile_requests:
         r.error(

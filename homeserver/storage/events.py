@@ -17,6 +17,7 @@ from homeserver.core.json import encode_canonical_json
 from homeserver.events.model import Event
 from homeserver.events.room_versions import get_room_version
 from homeserver.storage.database import Database, Transaction
+from homeserver.storage.search import SEARCHABLE, index_event_txn
 from homeserver.storage.state import (
     StateDelta,
     StateGroupCache,
@@ -277,6 +278,11 @@ class EventRepository:
                 " sender, type, stream_ordering) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (event.event_id, target, rel_type, key, event.room_id, event.sender, event.type, stream),
             )
+        searchable = SEARCHABLE.get(event.type)
+        if searchable is not None:
+            value = event.content.get(searchable[1])
+            if isinstance(value, str) and value:
+                index_event_txn(txn, event.event_id, event.room_id, searchable[0], value, stream)
         if event.type == "m.room.redaction" and event.redacts:
             txn.execute(
                 "INSERT INTO redactions (event_id, redacts) VALUES (?, ?) ON CONFLICT DO NOTHING",
@@ -328,12 +334,14 @@ class EventRepository:
             )
 
     async def mark_redacted(self, event_id: str, redaction_id: str) -> None:
-        await self._db.run_interaction(
-            "mark_redacted",
-            lambda txn: txn.execute(
+        def txn_fn(txn: Transaction) -> None:
+            txn.execute(
                 "UPDATE events SET redacted_by = ? WHERE event_id = ? AND redacted_by IS NULL", (redaction_id, event_id)
-            ),
-        )
+            )
+            # A redacted message must not be found by search any more.
+            txn.execute("DELETE FROM event_search WHERE event_id = ?", (event_id,))
+
+        await self._db.run_interaction("mark_redacted", txn_fn)
         self._events.pop(event_id, None)
 
     # -- reading -----------------------------------------------------------------------

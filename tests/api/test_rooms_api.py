@@ -218,3 +218,26 @@ async def test_bad_room_input(server: HSFixture) -> None:
     assert (await alice.get(f"{V3}/joined_rooms")).body == {"joined_rooms": [room_id]}
     msgs = (await alice.get(f"{V3}/rooms/{room_id}/messages?dir=b&limit=50")).body["chunk"]
     assert not any(e["type"] == "m.room.message" for e in msgs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_search_messages(server: HSFixture) -> None:
+    alice = await user(server, "alice")
+    eve = await user(server, "eve")
+    room_id = await create_room(alice, name="Préfecture")
+    await send_text(alice, room_id, "Réunion de crise demain matin")
+    secret = await send_text(alice, room_id, "le budget est confidentiel")
+    await send_text(alice, room_id, "autre chose")
+    body = {"search_categories": {"room_events": {"search_term": "budget", "order_by": "recent"}}}
+    found = (await alice.post(f"{V3}/search", body)).body["search_categories"]["room_events"]
+    assert [r["result"]["event_id"] for r in found["results"]] == [secret]
+    assert found["count"] == 1
+    # Prefix and accent-insensitive word match on SQLite and PostgreSQL alike.
+    prefix = {"search_categories": {"room_events": {"search_term": "réun"}}}
+    assert len((await alice.post(f"{V3}/search", prefix)).body["search_categories"]["room_events"]["results"]) == 1
+    # Someone outside the room finds nothing; a redacted message is no longer found.
+    assert (await eve.post(f"{V3}/search", body)).body["search_categories"]["room_events"]["results"] == []
+    await alice.put(f"{V3}/rooms/{room_id}/redact/{secret}/r1", {})
+    assert (await alice.post(f"{V3}/search", body)).body["search_categories"]["room_events"]["results"] == []
+    bad = await alice.post(f"{V3}/search", {"search_categories": {"room_events": {"search_term": "x", "order_by": "size"}}})
+    assert (bad.code, bad.body["errcode"]) == (400, "M_INVALID_PARAM")

@@ -1,4 +1,4 @@
-"""Room aliases, the room directory and the user directory."""
+"""Room aliases, the room directory, the user directory and server-side search."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from homeserver.http.params import parse_json_object
 from homeserver.http.server import Router, client_path, query_param
 from homeserver.services.directory import DirectoryService
 from homeserver.services.rooms import RoomService
+from homeserver.services.search import SearchService
 
 
 def register(
@@ -21,6 +22,7 @@ def register(
     rooms: RoomService,
     directory: DirectoryService,
     is_admin: Callable[[str], Awaitable[bool]],
+    search: SearchService | None = None,
 ) -> None:
     async def put_alias(request: server.Request, alias: str) -> tuple[int, Any]:
         requester = await authenticate(request)
@@ -75,6 +77,15 @@ def register(
             requester.user_id, body.required_str("search_term"), body.int("limit", minimum=0) or 10
         )
 
+    if search is not None:
+        searcher = search
+
+        async def do_search(request: server.Request) -> tuple[int, Any]:
+            requester = await authenticate(request)
+            body = parse_json_object(request)
+            return 200, await searcher.search(requester, body.data, query_param(request, "next_batch"))
+
+        router.add("POST", client_path("/search"), do_search)
     router.add("PUT", client_path("/directory/room/(?P<alias>[^/]+)"), put_alias)
     router.add("GET", client_path("/directory/room/(?P<alias>[^/]+)"), get_alias)
     router.add("DELETE", client_path("/directory/room/(?P<alias>[^/]+)"), delete_alias)

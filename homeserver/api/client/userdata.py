@@ -1,4 +1,4 @@
-"""Profiles, account data, tags, typing, receipts and read markers."""
+"""Profiles, presence, account data, tags, typing, receipts and read markers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from homeserver.http.auth import RequestAuthenticator
 from homeserver.http.params import parse_json_object
 from homeserver.http.server import Router, client_path
 from homeserver.services.ephemeral import ReceiptService, TypingService
+from homeserver.services.presence import PresenceService
 from homeserver.services.userdata import AccountDataService, ProfileService
 
 _USER = "/user/(?P<user_id>[^/]+)"
@@ -25,6 +26,7 @@ def register(
     account_data: AccountDataService,
     typing: TypingService,
     receipts: ReceiptService,
+    presence: PresenceService,
 ) -> None:
     async def get_profile(request: server.Request, user_id: str) -> tuple[int, Any]:
         await authenticate(request, allow_guest=True)
@@ -103,6 +105,20 @@ def register(
                 await receipts.send_receipt(room_id, requester.user_id, receipt_type, event_id, None)
         return 200, {}
 
+    async def get_presence(request: server.Request, user_id: str) -> tuple[int, Any]:
+        requester = await authenticate(request)
+        return 200, await presence.get_presence(requester, user_id)
+
+    async def put_presence(request: server.Request, user_id: str) -> tuple[int, Any]:
+        requester = await authenticate(request)
+        if requester.user_id != user_id:
+            raise MatrixError(403, Codes.FORBIDDEN, "Cannot set presence for other users")
+        body = parse_json_object(request)
+        await presence.set_presence(user_id, body.required_str("presence"), body.str("status_msg", max_length=1000))
+        return 200, {}
+
+    router.add("GET", client_path("/presence/(?P<user_id>[^/]+)/status"), get_presence)
+    router.add("PUT", client_path("/presence/(?P<user_id>[^/]+)/status"), put_presence)
     router.add("GET", client_path("/profile/(?P<user_id>[^/]+)"), get_profile)
     router.add("GET", client_path("/profile/(?P<user_id>[^/]+)/(?P<field>displayname|avatar_url)"), get_profile_field)
     router.add("PUT", client_path("/profile/(?P<user_id>[^/]+)/(?P<field>displayname|avatar_url)"), put_profile_field)

@@ -1,0 +1,109 @@
+"""Presence: online / unavailable / offline with a status message, shared with room-mates.
+
+Kept simple and cheap: a state change is stored and pushed to users who share a room;
+"online" decays to "unavailable" after idle time when read, not by timers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeserver.core.clock import Clock
+from homeserver.core.errors import Codes, MatrixError, forbidden
+from homeserver.services.auth import Requester
+from homeserver.services.notifier import Notifier
+from homeserver.services.streams import StreamToken
+from homeserver.storage.database import Database, Transaction
+from homeserver.storage.rooms import RoomRepository
+from homeserver.storage.streams import StreamIdAllocator
+
+STATES = ("online", "unavailable", "offline")
+IDLE_AFTER_MS = 5 * 60 * 1000
+# Re-announcing an unchanged "online" more often than this is pointless churn.
+_REFRESH_MS = 60 * 1000
+
+
+class PresenceService:
+    def __init__(self, *, clock: Clock, db: Database, notifier: Notifier, rooms: RoomRepository, enabled: bool) -> None:
+        self._clock = clock
+        self._db = db
+        self._notifier = notifier
+        self._rooms = rooms
+        self.enabled = enabled
+        self.ids = StreamIdAllocator(db, "presence")
+        self._last: dict[str, tuple[str, str | None, int]] = {}
+
+    async def set_presence(self, user_id: str, state: str, status_msg: str | None = None, *, from_sync: bool = False) -> None:
+        if state not in STATES:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Parameter presence must be online, unavailable or offline")
+        if not self.enabled:
+            return
+        now = self._clock.time_msec()
+        previous = self._last.get(user_id)
+        if from_sync and previous is not None:
+            if previous[0] == state and now - previous[2] < _REFRESH_MS:
+                return
+            status_msg = previous[1]
+        self._last[user_id] = (state, status_msg, now)
+        async with self.ids.lock:
+            stream_id = await self.ids.next_id()
+
+            def txn_fn(txn: Transaction) -> None:
+                txn.execute(
+                    "INSERT INTO presence (user_id, state, status_msg, last_active_ts, stream_id) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, status_msg = excluded.status_msg,"
+                    " last_active_ts = excluded.last_active_ts, stream_id = excluded.stream_id",
+                    (user_id, state, status_msg, now, stream_id),
+                )
+
+            await self._db.run_interaction("set_presence", txn_fn)
+            self.ids.advance(stream_id)
+        self._notifier.notify("presence", stream_id, await self._rooms.shared_room_users(user_id) | {user_id})
+
+    async def get_presence(self, requester: Requester, user_id: str) -> dict[str, Any]:
+        if requester.user_id != user_id and user_id not in await self._rooms.shared_room_users(requester.user_id):
+            raise forbidden("You do not share a room with this user")
+        row = await self._db.run_interaction(
+            "get_presence",
+            lambda txn: txn.select_one(
+                "SELECT state, status_msg, last_active_ts FROM presence WHERE user_id = ?", (user_id,)
+            ),
+        )
+        if row is None:
+            return {"presence": "offline"}
+        return self._content(str(row[0]), row[1], int(row[2]))
+
+    def _content(self, state: str, status_msg: str | None, last_active: int) -> dict[str, Any]:
+        now = self._clock.time_msec()
+        if state == "online" and now - last_active > IDLE_AFTER_MS:
+            state = "unavailable"
+        content: dict[str, Any] = {
+            "presence": state,
+            "last_active_ago": max(0, now - last_active),
+            "currently_active": state == "online",
+        }
+        if status_msg:
+            content["status_msg"] = status_msg
+        return content
+
+    async def sync_extension(self, requester: Requester, since: StreamToken | None, now: StreamToken, body: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        users = await self._rooms.shared_room_users(requester.user_id)
+        if not users:
+            return
+        after = since.presence if since else 0
+        ids = list(users)
+
+        def txn_fn(txn: Transaction) -> list[tuple[Any, ...]]:
+            marks = ",".join("?" * len(ids))
+            return txn.select_all(
+                "SELECT user_id, state, status_msg, last_active_ts FROM presence"
+                f" WHERE stream_id > ? AND stream_id <= ? AND user_id IN ({marks})",
+                (after, now.presence, *ids),
+            )
+
+        rows = await self._db.run_interaction("presence_since", txn_fn)
+        body["presence"]["events"] = [
+            {"type": "m.presence", "sender": str(r[0]), "content": self._content(str(r[1]), r[2], int(r[3]))} for r in rows
+        ]
