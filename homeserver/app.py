@@ -7,8 +7,9 @@ collaborators explicitly; :class:`Homeserver` then starts the listeners and stop
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import defer, task, threads
 from twisted.internet.interfaces import IListeningPort
@@ -16,58 +17,58 @@ from twisted.internet.interfaces import IListeningPort
 from homeserver.api.admin import register as admin_register
 from homeserver.api.client import account as account_api
 from homeserver.api.client import devices as devices_api
-from homeserver.api.client import login as login_api
-from homeserver.api.client import register as register_api
 from homeserver.api.client import directory as directory_api
+from homeserver.api.client import login as login_api
 from homeserver.api.client import push as push_api
+from homeserver.api.client import register as register_api
 from homeserver.api.client import rooms as rooms_api
 from homeserver.api.client import sync as sync_api
 from homeserver.api.client import userdata as userdata_api
 from homeserver.api.client import versions as versions_api
 from homeserver.config import HomeserverConfig
 from homeserver.core.clock import Clock
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from homeserver.events.signing import SigningKey, read_signing_keys
 from homeserver.http.auth import RequestAuthenticator
 from homeserver.http.server import HomeserverSite, RootResource, Router
 from homeserver.services.account import AccountService
 from homeserver.services.admin import AdminService
 from homeserver.services.auth import AuthService, TokenLifetimes
 from homeserver.services.devices import DeviceService
-from homeserver.services.login import LoginRatelimiters, LoginService
-from homeserver.services.passwords import PasswordHasher
-from homeserver.services.ratelimit import Rate, Ratelimiter
-from homeserver.services.registration import RegistrationService
-from homeserver.services.uia import UserInteractiveAuth
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
-from homeserver.events.signing import SigningKey, read_signing_keys
 from homeserver.services.directory import DirectoryService
 from homeserver.services.ephemeral import ReceiptService, TypingService
 from homeserver.services.events import RoomEventService
+from homeserver.services.login import LoginRatelimiters, LoginService
 from homeserver.services.messages import MessageService
 from homeserver.services.notifier import Notifier
+from homeserver.services.passwords import PasswordHasher
 from homeserver.services.presence import PresenceService
 from homeserver.services.presenter import EventPresenter
 from homeserver.services.push import PushRuleService
+from homeserver.services.ratelimit import Rate, Ratelimiter
+from homeserver.services.registration import RegistrationService
 from homeserver.services.rooms import RoomService
 from homeserver.services.search import SearchService
 from homeserver.services.sync import SyncService
 from homeserver.services.sync_filter import FilterLoader, parse_filter_json
+from homeserver.services.uia import UserInteractiveAuth
 from homeserver.services.userdata import AccountDataService, ProfileService
-from homeserver.storage.events import EventRepository
-from homeserver.storage.push import PushRuleRepository
-from homeserver.storage.receipts import ReceiptRepository
-from homeserver.storage.rooms import RoomRepository
-from homeserver.storage.search import SearchRepository
-from homeserver.storage.state import StateGroupCache, StateRepository
-from homeserver.storage.timeline import TimelineRepository
-from homeserver.storage.userdata import AccountDataRepository, ProfileRepository
 from homeserver.storage.accounts import AccountRepository
 from homeserver.storage.database import Database
 from homeserver.storage.devices import DeviceRepository
 from homeserver.storage.engines import create_engine
+from homeserver.storage.events import EventRepository
 from homeserver.storage.migrations import prepare_database
+from homeserver.storage.push import PushRuleRepository
+from homeserver.storage.receipts import ReceiptRepository
 from homeserver.storage.registration_tokens import RegistrationTokenRepository
+from homeserver.storage.rooms import RoomRepository
+from homeserver.storage.search import SearchRepository
+from homeserver.storage.state import StateGroupCache, StateRepository
+from homeserver.storage.timeline import TimelineRepository
 from homeserver.storage.tokens import TokenRepository
 from homeserver.storage.uia import UIARepository
+from homeserver.storage.userdata import AccountDataRepository, ProfileRepository
 
 logger = logging.getLogger(__name__)
 

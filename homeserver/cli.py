@@ -8,7 +8,8 @@ import logging
 import logging.config
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import yaml
 

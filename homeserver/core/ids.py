@@ -94,7 +94,7 @@ class UserID:
     domain: str
 
     @classmethod
-    def parse(cls, value: str) -> "UserID":
+    def parse(cls, value: str) -> UserID:
         localpart, domain = _split("@", value, "user ID")
         assert domain is not None
         if not localpart or not _HISTORICAL_LOCALPART_RE.match(localpart):
@@ -113,7 +113,7 @@ class RoomAlias:
     domain: str
 
     @classmethod
-    def parse(cls, value: str) -> "RoomAlias":
+    def parse(cls, value: str) -> RoomAlias:
         localpart, domain = _split("#", value, "room alias")
         assert domain is not None
         if not localpart or not _OPAQUE_RE.match(localpart):
@@ -134,7 +134,7 @@ class RoomID:
     domain: str | None
 
     @classmethod
-    def parse(cls, value: str) -> "RoomID":
+    def parse(cls, value: str) -> RoomID:
         opaque, domain = _split("!", value, "room ID", domain_required=False)
         if not opaque or not _OPAQUE_RE.match(opaque):
             raise InvalidID(f"invalid room ID {value!r}")

@@ -58,9 +58,7 @@ def check_canonical_json_values(obj: object) -> None:
             for index, item in enumerate(value):
                 stack.append((item, f"{path}[{index}]"))
         else:
-            raise CanonicalJSONError(
-                f"value of type {type(value).__name__} is not JSON at {path or '.'}"
-            )
+            raise CanonicalJSONError(f"value of type {type(value).__name__} is not JSON at {path or '.'}")
 
 
 def _check_string(value: str, path: str) -> None:

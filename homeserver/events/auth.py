@@ -146,8 +146,7 @@ def check_auth_events_selection(
         # 3.5: auth events from another room would let power granted there be used here.
         if auth_event.room_id != event.room_id:
             raise AuthError(
-                f"auth event {auth_event.event_id} belongs to room {auth_event.room_id},"
-                f" not {event.room_id}"
+                f"auth event {auth_event.event_id} belongs to room {auth_event.room_id}, not {event.room_id}"
             )
         if not auth_event.is_state():
             raise AuthError(f"auth event {auth_event.event_id} is not a state event")
@@ -208,9 +207,7 @@ class _State:
         return join_rules.content.get("join_rule", "invite")
 
 
-def check_auth_rules(
-    room_version: RoomVersion, event: Event, auth_events: Mapping[StateKey, Event]
-) -> None:
+def check_auth_rules(room_version: RoomVersion, event: Event, auth_events: Mapping[StateKey, Event]) -> None:
     """Raise :class:`AuthError` unless ``event`` is allowed given the state ``auth_events``.
 
     ``auth_events`` maps (type, state_key) to accepted events and must contain the room's
@@ -323,9 +320,7 @@ def _check_membership(room_version: RoomVersion, event: Event, state: _State) ->
     # 5.3.1 The creator's own join, straight after the create event.
     if membership == "join" and event.prev_event_ids == [state.create.event_id]:
         creator: object = (
-            state.create.sender
-            if room_version.implicit_room_creator
-            else state.create.content.get("creator")
+            state.create.sender if room_version.implicit_room_creator else state.create.content.get("creator")
         )
         if target == creator:
             return
@@ -424,9 +419,7 @@ def _check_membership(room_version: RoomVersion, event: Event, state: _State) ->
     if membership == "knock" and room_version.knock_join_rule:
         join_rule = state.join_rule()
         # 5.7.1
-        if join_rule != "knock" and not (
-            room_version.knock_restricted_join_rule and join_rule == "knock_restricted"
-        ):
+        if join_rule != "knock" and not (room_version.knock_restricted_join_rule and join_rule == "knock_restricted"):
             raise AuthError(f"cannot knock on a room whose join rule is {join_rule!r}")
         # 5.7.2
         if sender != target:
@@ -547,9 +540,7 @@ def _check_power_levels(room_version: RoomVersion, event: Event, state: _State, 
     # 10.9, 10.10
     old_users, new_users = _as_map(old_content.get("users")), _as_map(users)
     for user_id in set(old_users) | set(new_users):
-        _check_level_change(
-            old_users, new_users, user_id, sender_level, peer_entry=user_id != event.sender
-        )
+        _check_level_change(old_users, new_users, user_id, sender_level, peer_entry=user_id != event.sender)
 
 
 def _as_map(value: object) -> Mapping[str, Any]:

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from homeserver.core.json import CANONICAL_JSON_MAX_INT, CanonicalJSONError, check_canonical_json_values, encode_canonical_json
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.json import (
+    CANONICAL_JSON_MAX_INT,
+    CanonicalJSONError,
+    check_canonical_json_values,
+    encode_canonical_json,
+)
 from homeserver.events.model import Event
 from homeserver.events.room_versions import RoomVersion
 
@@ -74,8 +79,7 @@ def check_event_format(room_version: RoomVersion, event: Event) -> None:
         raise _bad("event has no hashes.sha256")
     signatures = event_dict.get("signatures")
     if not isinstance(signatures, Mapping) or not all(
-        isinstance(sigs, Mapping) and all(isinstance(s, str) for s in sigs.values())
-        for sigs in signatures.values()
+        isinstance(sigs, Mapping) and all(isinstance(s, str) for s in sigs.values()) for sigs in signatures.values()
     ):
         raise _bad("event signatures are malformed")
 
@@ -91,9 +95,7 @@ def servers_that_must_sign(room_version: RoomVersion, event: Event) -> set[str]:
     """
     servers: set[str] = set()
     is_third_party_invite = (
-        event.type == "m.room.member"
-        and event.membership == "invite"
-        and "third_party_invite" in event.content
+        event.type == "m.room.member" and event.membership == "invite" and "third_party_invite" in event.content
     )
     if not is_third_party_invite:
         servers.add(event.sender.partition(":")[2])

@@ -20,9 +20,7 @@ from homeserver.events.room_versions import RoomVersion
 
 def compute_content_hash(event_dict: Mapping[str, Any]) -> bytes:
     """SHA-256 of the canonical JSON of the event without unsigned/signatures/hashes."""
-    stripped = {
-        k: v for k, v in event_dict.items() if k not in ("unsigned", "signatures", "hashes")
-    }
+    stripped = {k: v for k, v in event_dict.items() if k not in ("unsigned", "signatures", "hashes")}
     # Not strict: old room versions may hold floats and big integers, and we must hash
     # what was sent; strictness is checked once, where the event enters.
     return hashlib.sha256(encode_canonical_json(stripped, strict=False)).digest()

@@ -108,9 +108,7 @@ def redact_event_dict(room_version: RoomVersion, event_dict: Mapping[str, Any]) 
         and isinstance(content.get("third_party_invite"), Mapping)
     ):
         invite = content["third_party_invite"]
-        new_content["third_party_invite"] = (
-            {"signed": invite["signed"]} if "signed" in invite else {}
-        )
+        new_content["third_party_invite"] = {"signed": invite["signed"]} if "signed" in invite else {}
 
     redacted["content"] = new_content
     return redacted

@@ -138,9 +138,7 @@ def sign_json(json_object: Mapping[str, Any], server_name: str, signing_key: Sig
     # signedjson mutates its argument; give it a copy whose `signatures` is also fresh.
     copy = dict(json_object)
     signatures = copy.get("signatures")
-    copy["signatures"] = {
-        name: dict(sigs) for name, sigs in (signatures or {}).items()
-    }
+    copy["signatures"] = {name: dict(sigs) for name, sigs in (signatures or {}).items()}
     return signedjson.sign.sign_json(copy, server_name, signing_key)
 
 

@@ -21,13 +21,13 @@ def get_access_token(request: server.Request) -> str | None:
         return value.strip().decode("ascii", "replace")
     values = request.args.get(b"access_token") if request.args else None
     if values:
-        return values[0].decode("ascii", "replace")
+        return str(values[0].decode("ascii", "replace"))
     return None
 
 
 def client_ip(request: server.Request) -> str:
     """The client's address; X-Forwarded-For is trusted only on listeners configured for it."""
-    site = request.channel.site if request.channel else None
+    site = getattr(request.channel, "site", None)
     if isinstance(site, HomeserverSite) and site.x_forwarded:
         forwarded = request.getHeader("X-Forwarded-For")
         if forwarded:

@@ -36,7 +36,7 @@ def read_body_bytes(request: server.Request) -> bytes:
     return bytes(content.read())
 
 
-def parse_json_object(request: server.Request, *, allow_empty: bool = False) -> "Body":
+def parse_json_object(request: server.Request, *, allow_empty: bool = False) -> Body:
     """The request body as a JSON object; an empty body is ``{}`` when ``allow_empty``."""
     raw = read_body_bytes(request)
     if not raw.strip() and allow_empty:
@@ -47,30 +47,37 @@ def parse_json_object(request: server.Request, *, allow_empty: bool = False) -> 
     return Body(value)
 
 
+# Body's methods are named after the JSON types they read; these aliases keep the
+# builtins usable in its annotations.
+_Str = str
+_Bool = bool
+_Int = int
+
+
 class Body:
     """Typed access to a JSON object, with field-naming errors.  ``prefix`` names nesting."""
 
-    def __init__(self, data: dict[str, Any], prefix: str = "") -> None:
+    def __init__(self, data: dict[str, Any], prefix: _Str = "") -> None:
         self.data = data
         self._prefix = prefix
 
-    def _name(self, key: str) -> str:
+    def _name(self, key: _Str) -> _Str:
         return f"{self._prefix}{key}"
 
-    def has(self, key: str) -> bool:
+    def has(self, key: _Str) -> bool:
         return key in self.data
 
-    def _get(self, key: str, required: bool) -> Any:
+    def _get(self, key: _Str, required: _Bool) -> Any:
         if key not in self.data or self.data[key] is None:
             if required:
                 raise MatrixError(400, Codes.MISSING_PARAM, f"Missing parameter: {self._name(key)}")
             return None
         return self.data[key]
 
-    def _wrong(self, key: str, expected: str) -> MatrixError:
+    def _wrong(self, key: _Str, expected: _Str) -> MatrixError:
         return MatrixError(400, Codes.BAD_JSON, f"Parameter {self._name(key)} must be {expected}")
 
-    def str(self, key: str, *, required: bool = False, max_length: int | None = None) -> str | None:
+    def str(self, key: _Str, *, required: _Bool = False, max_length: _Int | None = None) -> _Str | None:
         value = self._get(key, required)
         if value is None:
             return None
@@ -82,12 +89,12 @@ class Body:
             )
         return value
 
-    def required_str(self, key: str, *, max_length: int | None = None) -> str:
+    def required_str(self, key: _Str, *, max_length: _Int | None = None) -> _Str:
         value = self.str(key, required=True, max_length=max_length)
         assert value is not None
         return value
 
-    def bool(self, key: str, default: bool) -> bool:
+    def bool(self, key: _Str, default: _Bool) -> _Bool:
         value = self._get(key, False)
         if value is None:
             return default
@@ -95,7 +102,7 @@ class Body:
             raise self._wrong(key, "a boolean")
         return value
 
-    def int(self, key: str, *, required: bool = False, minimum: int | None = None) -> int | None:
+    def int(self, key: _Str, *, required: _Bool = False, minimum: _Int | None = None) -> _Int | None:
         value = self._get(key, required)
         if value is None:
             return None
@@ -105,7 +112,7 @@ class Body:
             raise MatrixError(400, Codes.INVALID_PARAM, f"Parameter {self._name(key)} must be >= {minimum}")
         return value
 
-    def object(self, key: str, *, required: bool = False) -> "Body | None":
+    def object(self, key: _Str, *, required: _Bool = False) -> Body | None:
         value = self._get(key, required)
         if value is None:
             return None
@@ -113,7 +120,7 @@ class Body:
             raise self._wrong(key, "an object")
         return Body(value, prefix=f"{self._name(key)}.")
 
-    def str_list(self, key: str, *, required: bool = False) -> list[str] | None:
+    def str_list(self, key: _Str, *, required: _Bool = False) -> list[_Str] | None:
         value = self._get(key, required)
         if value is None:
             return None
@@ -121,5 +128,5 @@ class Body:
             raise self._wrong(key, "a list of strings")
         return list(value)
 
-    def raw(self, key: str) -> Any:
+    def raw(self, key: _Str) -> Any:
         return self.data.get(key)

@@ -11,8 +11,9 @@ import json
 import logging
 import re
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -91,7 +92,7 @@ class MatrixRequest(server.Request):
             self.too_large = True
             if length > self._limit * _ABORT_FACTOR:
                 self._reject_now()
-        super().gotLength(length if not self.too_large else 0)
+        super().gotLength(length if not self.too_large else 0)  # type: ignore[no-untyped-call]
 
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)
@@ -101,7 +102,7 @@ class MatrixRequest(server.Request):
                 self._reject_now()
             return
         if not self.too_large:
-            super().handleContentChunk(data)
+            super().handleContentChunk(data)  # type: ignore[no-untyped-call]
 
     def _reject_now(self) -> None:
         # The client is streaming far more than allowed: answer and close the connection
@@ -127,7 +128,7 @@ class HomeserverSite(server.Site):
     def __init__(
         self, root: resource.Resource, *, max_request_size: int, max_upload_size: int, x_forwarded: bool = False
     ) -> None:
-        super().__init__(root)
+        super().__init__(root)  # type: ignore[no-untyped-call]
         self.x_forwarded = x_forwarded
         self.max_request_size = max_request_size
         self.max_upload_size = max_upload_size
@@ -185,13 +186,13 @@ class RootResource(resource.Resource):
     isLeaf = True
 
     def __init__(self, router: Router) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._router = router
 
     def render(self, request: server.Request) -> int:
         for name, value in _CORS_HEADERS.items():
             request.setHeader(name, value)
-        site = request.channel.site if request.channel else None
+        site = getattr(request.channel, "site", None)
         if isinstance(site, HomeserverSite):
             site.request_started()
             request.notifyFinish().addBoth(lambda _: site.request_done())
@@ -241,10 +242,10 @@ class RootResource(resource.Resource):
         if failure.check(defer.CancelledError):
             return
         logger.error(
-            "unhandled error serving %s %r",
+            "unhandled error serving %s %r: %s",
             request.method.decode("ascii", "replace"),
             request.uri,
-            exc_info=(failure.type, failure.value, failure.getTracebackObject()),
+            failure.getTraceback(),
         )
         send_error(request, MatrixError(500, Codes.UNKNOWN, "Internal server error"))
 
@@ -254,7 +255,7 @@ def query_param(request: server.Request, name: str) -> str | None:
     if not values:
         return None
     try:
-        return values[0].decode("utf-8")
+        return str(values[0].decode("utf-8"))
     except UnicodeDecodeError:
         raise MatrixError(400, Codes.INVALID_PARAM, f"Query parameter {name} is not valid UTF-8") from None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Collection
+from collections.abc import Collection
 
 from homeserver.core.errors import Codes, MatrixError, not_found
 from homeserver.storage.devices import DeviceRecord, DeviceRepository

@@ -8,8 +8,9 @@ will be applied to, persisted, then announced to waiting /sync requests.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from twisted.internet import defer
 
@@ -172,6 +173,8 @@ class RoomEventService:
             before_ref = StateBefore(base_group=None, delta={})
             depth = 1
         else:
+            if room_id is None:
+                raise MatrixError(400, Codes.INVALID_PARAM, "room_id is required")
             room_version = room_version or await self.room_version(room_id)
             prev_ids = await self._events.get_forward_extremities(room_id)
             if not prev_ids:
@@ -266,7 +269,7 @@ class RoomEventService:
                 loaded[event_id] = stored.event
                 next_frontier.update(a for a in stored.event.auth_event_ids if a not in loaded)
             frontier = next_frontier - set(loaded)
-        return InMemoryStateStore(loaded)  # type: ignore[arg-type]
+        return InMemoryStateStore(loaded)
 
     async def _auth_events_for(
         self, room_version: RoomVersion, event: Event, state: StateMap

@@ -7,7 +7,7 @@ process; the per-user record holds only the latest token each user was woken at.
 
 from __future__ import annotations
 
-from typing import Collection
+from collections.abc import Collection
 
 from twisted.internet import defer
 
@@ -46,7 +46,11 @@ class Notifier:
             return
         waiter: defer.Deferred[None] = defer.Deferred()
         self._waiters.setdefault(user_id, []).append(waiter)
-        timer = self._clock.call_later(timeout_ms / 1000.0, lambda: waiter.called or waiter.callback(None))
+        def expire() -> None:
+            if not waiter.called:
+                waiter.callback(None)
+
+        timer = self._clock.call_later(timeout_ms / 1000.0, expire)
         try:
             await waiter
         finally:

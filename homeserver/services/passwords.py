@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import bcrypt
 
@@ -20,12 +21,18 @@ class RunInThread(Protocol):
 
 
 class PolicySettings(Protocol):
-    enabled: bool
-    minimum_length: int
-    require_digit: bool
-    require_symbol: bool
-    require_lowercase: bool
-    require_uppercase: bool
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def minimum_length(self) -> int: ...
+    @property
+    def require_digit(self) -> bool: ...
+    @property
+    def require_symbol(self) -> bool: ...
+    @property
+    def require_lowercase(self) -> bool: ...
+    @property
+    def require_uppercase(self) -> bool: ...
 
 
 class PasswordHasher:

@@ -6,7 +6,8 @@ a page of events.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from homeserver.core.clock import Clock
 from homeserver.events.model import Event

@@ -116,7 +116,7 @@ class PushRuleService:
         event_json = {**event.dict, "event_id": event.event_id, "room_id": event.room_id}
         relates = event.content.get("m.relates_to")
         thread_id = relates.get("event_id") if isinstance(relates, dict) and relates.get("rel_type") == "m.thread" else None
-        actions = []
+        actions: list[tuple[str, bool, bool]] = []
         targets = [m for m in members if m.user_id != event.sender]
         if event.type == "m.room.member" and event.state_key and event.state_key != event.sender:
             # An invite notifies its target, who is not yet a member.

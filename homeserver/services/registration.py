@@ -20,11 +20,16 @@ _NONCE_LIFETIME_S = 60.0
 
 
 class RegistrationSettings(Protocol):
-    enable_registration: bool
-    registration_requires_token: bool
-    allow_guest_access: bool
-    registration_shared_secret: str | None
-    inhibit_user_in_use_error: bool
+    @property
+    def enable_registration(self) -> bool: ...
+    @property
+    def registration_requires_token(self) -> bool: ...
+    @property
+    def allow_guest_access(self) -> bool: ...
+    @property
+    def registration_shared_secret(self) -> str | None: ...
+    @property
+    def inhibit_user_in_use_error(self) -> bool: ...
 
 
 class RegistrationService:

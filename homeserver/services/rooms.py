@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import secrets
 import string
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError, forbidden, not_found
@@ -138,7 +139,7 @@ class RoomService:
         for invitee in req.invite:
             content = {"membership": "invite"}
             if req.is_direct:
-                content["is_direct"] = True  # type: ignore[assignment]
+                content["is_direct"] = True
             await self._send_state(room_id, creator, "m.room.member", invitee, content)
         if alias is not None:
             await self._rooms.create_alias(alias, room_id, creator, self._clock.time_msec())

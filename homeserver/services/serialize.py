@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from homeserver.events.model import Event
 from homeserver.events.redaction import redact_event_dict

@@ -23,7 +23,7 @@ class StreamToken:
         return "s" + "_".join(str(getattr(self, f.name)) for f in fields(self))
 
     @classmethod
-    def parse(cls, token: str, param: str = "since") -> "StreamToken":
+    def parse(cls, token: str, param: str = "since") -> StreamToken:
         """Parse a token; a token from a future version with more streams keeps the known ones."""
         try:
             if not token.startswith("s"):
@@ -36,12 +36,12 @@ class StreamToken:
         names = [f.name for f in fields(cls)]
         return cls(**dict(zip(names, parts)))
 
-    def max(self, other: "StreamToken") -> "StreamToken":
+    def max(self, other: StreamToken) -> StreamToken:
         return StreamToken(*(max(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)))
 
-    def is_after(self, other: "StreamToken") -> bool:
+    def is_after(self, other: StreamToken) -> bool:
         """True if any stream is further along than in ``other``."""
         return any(getattr(self, f.name) > getattr(other, f.name) for f in fields(self))
 
-    def advance(self, stream: str, position: int) -> "StreamToken":
+    def advance(self, stream: str, position: int) -> StreamToken:
         return replace(self, **{stream: max(getattr(self, stream), position)})

@@ -6,8 +6,9 @@ consistent; the next_batch token is that upper token.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 from homeserver.core.clock import Clock
 from homeserver.services.auth import Requester

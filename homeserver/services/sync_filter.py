@@ -56,7 +56,7 @@ class ClientFilter:
     def presence_matches(self, event: dict[str, Any]) -> bool:
         return _event_matches(self.data.get("presence") or {}, event)
 
-    def room_event_filter(self) -> "RoomEventFilter":
+    def room_event_filter(self) -> RoomEventFilter:
         return RoomEventFilter(self.data)
 
 

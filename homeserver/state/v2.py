@@ -104,7 +104,7 @@ def reverse_topological_power_sort(
         if event is None:  # not reachable: edges only name events we have
             return (0, 0, event_id)
         power = sender_power_level(room_version, event, lookup)
-        return (power, event.origin_server_ts, event_id)
+        return (-power, event.origin_server_ts, event_id)
 
     cited_by: dict[str, list[str]] = {}
     waiting_on: dict[str, int] = {}
@@ -182,7 +182,7 @@ def mainline_sort(
         event = lookup(event_id)
         if event is None:
             continue
-        keyed.append((chain_weight(event), event.origin_server_ts, event_id))
+        keyed.append((-chain_weight(event), event.origin_server_ts, event_id))
     keyed.sort()
     return [event_id for _, _, event_id in keyed]
 

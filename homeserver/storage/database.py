@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from twisted.internet import threads
 from twisted.internet.interfaces import IReactorCore, IReactorThreads

@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-
 from homeserver.storage.database import Database, Transaction
 
 logger = logging.getLogger(__name__)

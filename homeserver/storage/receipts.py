@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Collection
+from collections.abc import Collection
+from typing import Any
 
 from homeserver.storage.database import Database, Transaction
 from homeserver.storage.streams import StreamIdAllocator

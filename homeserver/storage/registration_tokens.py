@@ -52,7 +52,7 @@ class RegistrationTokenRepository:
                 " WHERE token = ?",
                 (token,),
             )
-            return RegistrationToken(*row) if row else None  # type: ignore[arg-type]
+            return RegistrationToken(*row) if row else None
 
         return await self._db.run_interaction("get_registration_token", txn_fn)
 
@@ -62,7 +62,7 @@ class RegistrationTokenRepository:
                 "SELECT token, uses_allowed, pending, completed, expiry_time FROM registration_tokens"
                 " ORDER BY token"
             )
-            return [RegistrationToken(*r) for r in rows]  # type: ignore[arg-type]
+            return [RegistrationToken(*r) for r in rows]
 
         return await self._db.run_interaction("list_registration_tokens", txn_fn)
 

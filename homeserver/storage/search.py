@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Collection
+from collections.abc import Collection
 
 from homeserver.storage.database import Database, Transaction
 

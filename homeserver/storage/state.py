@@ -8,7 +8,7 @@ storage grows with the number of state changes only.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Mapping
+from collections.abc import Mapping
 
 from homeserver.storage.database import Database, Transaction
 

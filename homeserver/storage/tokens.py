@@ -101,7 +101,7 @@ class TokenRepository:
                 " FROM refresh_tokens WHERE token_hash = ?",
                 (token_hash,),
             )
-            return RefreshTokenInfo(*row) if row else None  # type: ignore[arg-type]
+            return RefreshTokenInfo(*row) if row else None
 
         return await self._db.run_interaction("get_refresh_token", txn_fn)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 class IntegrityError(Exception):

@@ -3,7 +3,8 @@
 Both run the server-default rules, ours with the legacy body-based mention rules that
 Synapse still ships.  Synapse's actions carry a few extra ``highlight: false`` tweaks,
 so the comparison is on what matters downstream: notify, highlight and sound.  Bodies
-are ASCII, since Synapse's word boundaries are Unicode-aware where the spec's are not.
+are ASCII, since Synapse's word boundaries are Unicode-aware where the spec's are not,
+and have no newlines, which Synapse's globs do not cross.
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ def test_same_outcome_as_synapse(
 @settings(max_examples=300, deadline=None)
 @given(
     st.text(alphabet="aAb*?.-@ _", min_size=1, max_size=6),
-    st.text(alphabet="aAb.-@ _\n", max_size=8),
+    # No newlines: Synapse's * and ? stop at them, ours follow the spec ("any character").
+    st.text(alphabet="aAb.-@ _", max_size=8),
     st.sampled_from(["content.body", "content.topic"]),
 )
 def test_event_match_globs_agree_with_synapse(pattern: str, value: str, key: str) -> None:
@@ -133,7 +135,5 @@ def test_event_match_globs_agree_with_synapse(pattern: str, value: str, key: str
         power_levels={},
         sender_power_level=0,
     )
-    evaluator = push.PushRuleEvaluator(
-        bulk._flatten_dict(event), False, 2, 0, {}, {}, False, [], False, False, False
-    )
+    evaluator = push.PushRuleEvaluator(bulk._flatten_dict(event), False, 2, 0, {}, {}, False, [], False, False, False)
     assert (ours is not None) is evaluator.matches(condition, ALICE, None)
