@@ -34,7 +34,7 @@ class StreamToken:
         except ValueError:
             raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid {param} token: {token!r}") from None
         names = [f.name for f in fields(cls)]
-        return cls(**dict(zip(names, parts)))
+        return cls(**dict(zip(names, parts, strict=False)))
 
     def max(self, other: StreamToken) -> StreamToken:
         return StreamToken(*(max(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)))
