@@ -50,7 +50,8 @@ from homeserver.services.registration import RegistrationService
 from homeserver.services.rooms import RoomService
 from homeserver.services.search import SearchService
 from homeserver.services.sync import SyncService
-from homeserver.services.sync_filter import FilterLoader, parse_filter_json
+from homeserver.filtering import parse_filter
+from homeserver.services.sync_filter import FilterLoader
 from homeserver.services.uia import UserInteractiveAuth
 from homeserver.services.userdata import AccountDataService, ProfileService
 from homeserver.storage.accounts import AccountRepository
@@ -407,7 +408,7 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
             router, authenticate=authenticate, registration=registration, login=login, admin=services.admin
         )
         rooms_api.register(
-            router, authenticate=authenticate, rooms=rooms, messages=messages, parse_filter=filters.parse_inline
+            router, authenticate=authenticate, rooms=rooms, messages=messages, parse_filter=filters.room_event_filter
         )
         sync_api.register(
             router,
@@ -415,7 +416,7 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
             sync=sync,
             account_data=account_data,
             load_filter=filters.load,
-            validate_filter=parse_filter_json,
+            validate_filter=parse_filter,
             set_presence=lambda user_id, state: presence.set_presence(user_id, state, from_sync=True),
         )
         userdata_api.register(

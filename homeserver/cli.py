@@ -77,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logger.info(
         "Create a first user with: homeserver register-user -c %s -u NAME -p PASSWORD --admin", args.config
     )
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     if config.pid_file and os.path.exists(config.pid_file):
         os.unlink(config.pid_file)
     logger.info("stopped cleanly")

@@ -79,7 +79,7 @@ def encode_canonical_json(obj: object, *, strict: bool = True) -> bytes:
         check_canonical_json_values(obj)
     try:
         return canonicaljson.encode_canonical_json(obj)
-    except (ValueError, TypeError) as e:  # NaN, surrogates, unknown types
+    except (ValueError, TypeError, RecursionError) as e:  # NaN, surrogates, unknown types, depth
         raise CanonicalJSONError(str(e)) from e
 
 
@@ -99,4 +99,7 @@ def parse_json_strict(data: bytes | str) -> Any:
     acceptable depends on where the JSON is used (see :func:`check_canonical_json_values`).
     """
     text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
-    return json_decoder.decode(text)
+    try:
+        return json_decoder.decode(text)
+    except RecursionError as e:  # absurdly deep nesting: bad input, not a server error
+        raise ValueError("JSON is nested too deeply") from e

@@ -289,7 +289,8 @@ def _check_create(room_version: RoomVersion, event: Event) -> None:
     elif _domain(event.room_id) != _domain(event.sender):
         raise AuthError("m.room.create room_id is not on the sender's server")
     # 1.3 (absent means "1", which is recognised)
-    if "room_version" in content and content["room_version"] not in RECOGNISED_ROOM_VERSIONS:
+    named_version = content.get("room_version", "1")
+    if not isinstance(named_version, str) or named_version not in RECOGNISED_ROOM_VERSIONS:
         raise AuthError(f"m.room.create names an unknown room version {content['room_version']!r}")
     # v1-v10 rule 1.4
     if not room_version.implicit_room_creator and "creator" not in content:

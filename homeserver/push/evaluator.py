@@ -7,8 +7,9 @@ notification and highlight counts shown in ``/sync``.
 Glob patterns (spec appendix "Glob-style matching") know ``*`` (any run of characters)
 and ``?`` (exactly one); every other character is literal.  Matching is
 case-insensitive.  Following the spec, ``*`` and ``?`` also match newlines (Synapse's
-globs stop at them; tests/unit/push/test_push_differential.py checks the rest agrees).  Compiled patterns are cached, since the same few rules are evaluated
-for every member of a room.
+globs stop at them; tests/unit/push/test_push_differential.py checks the rest agrees).
+Compiled patterns are cached, since the same few rules are evaluated for every member
+of a room.
 """
 
 from __future__ import annotations

@@ -6,10 +6,10 @@ from typing import Any
 
 from homeserver.core.errors import Codes, MatrixError, forbidden, not_found
 from homeserver.events.power_levels import get_redact_level, get_user_power_level
+from homeserver.filtering import RoomEventFilter
 from homeserver.services.auth import Requester
 from homeserver.services.events import RoomEventService, SentEvent
 from homeserver.services.presenter import EventPresenter
-from homeserver.services.serialize import client_event
 from homeserver.storage.events import EventRepository, StoredEvent, TxnIdInfo
 from homeserver.storage.rooms import RoomRepository
 from homeserver.storage.state import StateRepository
@@ -203,7 +203,7 @@ class MessageService:
         to_token: str | None,
         backwards: bool,
         limit: int,
-        event_filter: Any = None,
+        event_filter: RoomEventFilter | None = None,
     ) -> dict[str, Any]:
         await self._state_for_reader(requester.user_id, room_id)
         limit = max(0, min(limit, MAX_PAGE))
@@ -232,7 +232,7 @@ class MessageService:
             fetched = await self._store.get_events([e for e, _ in page])
             batch = [fetched[e] for e, _ in page if e in fetched]
             if event_filter is not None:
-                batch = [s for s in batch if event_filter.matches(_filter_view(s))]
+                batch = [s for s in batch if event_filter.matches(s.event.dict)]
             collected.extend(await self.presenter.filter_visible(requester.user_id, batch))
         end: TopoKey | None = None
         if len(collected) > limit:
@@ -244,7 +244,7 @@ class MessageService:
         body: dict[str, Any] = {"chunk": chunk, "start": from_token or start.to_token()}
         if end is not None:
             body["end"] = end.to_token()
-        if event_filter is not None and getattr(event_filter, "lazy_load_members", False):
+        if event_filter is not None and event_filter.lazy_load_members:
             senders = {s.event.sender for s in collected}
             current = await self._events.current_state_ids(room_id)
             members = await self._store.get_events([current[("m.room.member", u)] for u in senders if ("m.room.member", u) in current])
@@ -252,7 +252,7 @@ class MessageService:
         return body
 
     async def context(
-        self, requester: Requester, room_id: str, event_id: str, *, limit: int, event_filter: Any = None
+        self, requester: Requester, room_id: str, event_id: str, *, limit: int, event_filter: RoomEventFilter | None = None
     ) -> dict[str, Any]:
         stored = await self._store.get_event(event_id)
         if stored is None or stored.event.room_id != room_id:
@@ -336,7 +336,3 @@ class MessageService:
 
 def _key(stored: StoredEvent) -> TopoKey:
     return TopoKey(stored.event.depth, stored.stream_ordering)
-
-
-def _filter_view(stored: StoredEvent) -> dict[str, Any]:
-    return client_event(stored.event, now_ms=0)

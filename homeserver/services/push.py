@@ -55,7 +55,11 @@ class PushRuleService:
         cached = self._cache.get(user_id)
         if cached is None:
             user_rules, enabled, actions = await self._rules.load(user_id)
-            cached = merge_user_rules(default_rules(user_id), user_rules, enabled, actions)
+            # The pre-v1.17 body-based mention rules stay on, as in Synapse: bots and bridges
+            # that send no m.mentions must still be able to mention someone.
+            cached = merge_user_rules(
+                default_rules(user_id, legacy_mention_rules=True), user_rules, enabled, actions
+            )
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[user_id] = cached

@@ -50,7 +50,10 @@ def auth_chain_difference(
             reached_by[event_id] = reached_by.get(event_id, 0) | bit
     # Walk from the events reached by the most sets first: their ancestors then get
     # their final mask on first visit and the partial masks rarely need re-walking.
-    stack = sorted(reached_by, key=lambda e: reached_by[e].bit_count())
+    stack = sorted(reached_by, key=lambda e: reached_by[e].bit_count()); seeds = dict(reached_by); reached_by.clear(); stack = [] 
+    for e, m in seeds.items():
+        for a in get_auth_ids(e):
+            reached_by[a] = reached_by.get(a, 0) | m; stack.append(a)
     while stack:
         event_id = stack.pop()
         mask = reached_by[event_id]

@@ -182,7 +182,7 @@ def mainline_sort(
         event = lookup(event_id)
         if event is None:
             continue
-        keyed.append((-chain_weight(event), event.origin_server_ts, event_id))
+        keyed.append((chain_weight(event), event.origin_server_ts, event_id))
     keyed.sort()
     return [event_id for _, _, event_id in keyed]
 

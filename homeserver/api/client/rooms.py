@@ -189,7 +189,7 @@ def register(
         if direction not in ("b", "f"):
             raise MatrixError(400, Codes.INVALID_PARAM, "Query parameter dir must be 'b' or 'f'")
         raw_filter = query_param(request, "filter")
-        event_filter = parse_filter(requester.user_id, raw_filter).room_event_filter() if raw_filter else None
+        event_filter = parse_filter(requester.user_id, raw_filter) if raw_filter else None
         return 200, await messages.messages(
             requester, room_id,
             from_token=query_param(request, "from"), to_token=query_param(request, "to"),
@@ -199,7 +199,7 @@ def register(
     async def context(request: server.Request, room_id: str, event_id: str) -> tuple[int, Any]:
         requester = await authenticate(request)
         raw_filter = query_param(request, "filter")
-        event_filter = parse_filter(requester.user_id, raw_filter).room_event_filter() if raw_filter else None
+        event_filter = parse_filter(requester.user_id, raw_filter) if raw_filter else None
         return 200, await messages.context(requester, room_id, event_id, limit=_limit(request, 10), event_filter=event_filter)
 
     async def members(request: server.Request, room_id: str) -> tuple[int, Any]:
