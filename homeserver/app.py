@@ -18,6 +18,7 @@ from homeserver.api.admin import register as admin_register
 from homeserver.api.client import account as account_api
 from homeserver.api.client import devices as devices_api
 from homeserver.api.client import directory as directory_api
+from homeserver.api.client import keys as keys_api
 from homeserver.api.client import login as login_api
 from homeserver.api.client import push as push_api
 from homeserver.api.client import register as register_api
@@ -29,6 +30,7 @@ from homeserver.config import HomeserverConfig
 from homeserver.core.clock import Clock
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.events.signing import SigningKey, read_signing_keys
+from homeserver.filtering import parse_filter
 from homeserver.http.auth import RequestAuthenticator
 from homeserver.http.server import HomeserverSite, RootResource, Router
 from homeserver.services.account import AccountService
@@ -36,8 +38,10 @@ from homeserver.services.admin import AdminService
 from homeserver.services.auth import AuthService, TokenLifetimes
 from homeserver.services.devices import DeviceService
 from homeserver.services.directory import DirectoryService
+from homeserver.services.e2ee import E2EKeyService
 from homeserver.services.ephemeral import ReceiptService, TypingService
 from homeserver.services.events import RoomEventService
+from homeserver.services.key_backup import KeyBackupService
 from homeserver.services.login import LoginRatelimiters, LoginService
 from homeserver.services.messages import MessageService
 from homeserver.services.notifier import Notifier
@@ -50,15 +54,17 @@ from homeserver.services.registration import RegistrationService
 from homeserver.services.rooms import RoomService
 from homeserver.services.search import SearchService
 from homeserver.services.sync import SyncService
-from homeserver.filtering import parse_filter
 from homeserver.services.sync_filter import FilterLoader
+from homeserver.services.to_device import ToDeviceService
 from homeserver.services.uia import UserInteractiveAuth
 from homeserver.services.userdata import AccountDataService, ProfileService
 from homeserver.storage.accounts import AccountRepository
 from homeserver.storage.database import Database
 from homeserver.storage.devices import DeviceRepository
+from homeserver.storage.e2e_keys import E2EKeyRepository
 from homeserver.storage.engines import create_engine
 from homeserver.storage.events import EventRepository
+from homeserver.storage.key_backup import KeyBackupRepository
 from homeserver.storage.migrations import prepare_database
 from homeserver.storage.push import PushRuleRepository
 from homeserver.storage.receipts import ReceiptRepository
@@ -67,6 +73,7 @@ from homeserver.storage.rooms import RoomRepository
 from homeserver.storage.search import SearchRepository
 from homeserver.storage.state import StateGroupCache, StateRepository
 from homeserver.storage.timeline import TimelineRepository
+from homeserver.storage.to_device import ToDeviceRepository
 from homeserver.storage.tokens import TokenRepository
 from homeserver.storage.uia import UIARepository
 from homeserver.storage.userdata import AccountDataRepository, ProfileRepository
@@ -357,6 +364,22 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
     )
     room_events.post_persist_hooks.append(push.on_new_event)
     sync.extensions.append(push.sync_extension)
+    e2e_keys = E2EKeyService(
+        keys=E2EKeyRepository(db), rooms=room_store, notifier=notifier, shared_users=room_store.shared_room_users
+    )
+    devices_repo.deleted_listeners.append(e2e_keys.on_devices_deleted)
+    to_device = ToDeviceService(
+        server_name=config.server_name,
+        clock=clock,
+        notifier=notifier,
+        inbox=ToDeviceRepository(db),
+        devices=devices_repo,
+    )
+    sync.extensions.append(e2e_keys.sync_extension)
+    sync.extensions.append(to_device.sync_extension)
+    sync.positions["to_device"] = to_device.current_position
+    sync.positions["device_lists"] = e2e_keys.current_position
+    sync.positions["presence"] = presence.current_position
 
     services = Services(
         rooms=rooms,
@@ -429,6 +452,14 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
             presence=presence,
         )
         push_api.register(router, authenticate=authenticate, push=push)
+        keys_api.register(
+            router,
+            authenticate=authenticate,
+            keys=e2e_keys,
+            to_device=to_device,
+            backups=KeyBackupService(backups=KeyBackupRepository(db)),
+            uia=uia,
+        )
         directory_api.register(
             router,
             authenticate=authenticate,

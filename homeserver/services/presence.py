@@ -33,6 +33,9 @@ class PresenceService:
         self.ids = StreamIdAllocator(db, "presence")
         self._last: dict[str, tuple[str, str | None, int]] = {}
 
+    async def current_position(self) -> int:
+        return await self.ids.current()
+
     async def set_presence(self, user_id: str, state: str, status_msg: str | None = None, *, from_sync: bool = False) -> None:
         if state not in STATES:
             raise MatrixError(400, Codes.INVALID_PARAM, "Parameter presence must be online, unavailable or offline")

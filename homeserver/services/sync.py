@@ -96,6 +96,8 @@ class SyncService:
         self._receipts = receipts
         self._receipt_store = receipt_store
         self.extensions: list[SyncExtension] = []
+        # Streams owned by other features: name -> current position.
+        self.positions: dict[str, Callable[[], Awaitable[int]]] = {}
 
     async def current_token(self) -> StreamToken:
         token = StreamToken(
@@ -104,6 +106,8 @@ class SyncService:
             receipts=await self._receipts.current_position(),
             typing=self._typing.position,
         )
+        for stream, position in self.positions.items():
+            token = token.advance(stream, await position())
         return token.max(self._notifier.current)
 
     async def sync(self, req: SyncRequest) -> dict[str, Any]:

@@ -36,34 +36,39 @@ def auth_chain_difference(
     Synapse computes it.  (With the spec's strict wording an unconflicted event that
     no other event in one set cites would count as "different"; it is the same event
     in every set, so it belongs in neither the difference nor the resolution work.)
-
-    One walk serves all sets: each event carries a bitmask of the sets that reach
-    it, and an event is revisited only when its mask grows, so the cost is at most
-    (number of sets) x (size of the auth DAG), and usually one pass.
     """
     if len(state_sets) < 2:
         return set()
+    sets = [s if isinstance(s, (set, frozenset)) else set(s) for s in state_sets]
+    # Events in every set, and everything they cite, are in every chain: one plain
+    # walk marks them, and the walks below stop there.  This is most of the room.
+    in_all: set[str] = set(sets[0]).intersection(*sets[1:])
+    stack = list(in_all)
+    while stack:
+        for auth_id in get_auth_ids(stack.pop()):
+            if auth_id not in in_all:
+                in_all.add(auth_id)
+                stack.append(auth_id)
+    # The rest carry a bitmask of the sets that reach them; an event is revisited only
+    # when its mask grows, so this costs at most (number of sets) x (events reached).
     reached_by: dict[str, int] = {}
-    for index, state_set in enumerate(state_sets):
+    for index, state_set in enumerate(sets):
         bit = 1 << index
         for event_id in state_set:
-            reached_by[event_id] = reached_by.get(event_id, 0) | bit
-    # Walk from the events reached by the most sets first: their ancestors then get
-    # their final mask on first visit and the partial masks rarely need re-walking.
-    stack = sorted(reached_by, key=lambda e: reached_by[e].bit_count()); seeds = dict(reached_by); reached_by.clear(); stack = [] 
-    for e, m in seeds.items():
-        for a in get_auth_ids(e):
-            reached_by[a] = reached_by.get(a, 0) | m; stack.append(a)
+            if event_id not in in_all:
+                reached_by[event_id] = reached_by.get(event_id, 0) | bit
+    stack = list(reached_by)
     while stack:
         event_id = stack.pop()
         mask = reached_by[event_id]
         for auth_id in get_auth_ids(event_id):
+            if auth_id in in_all:
+                continue
             old = reached_by.get(auth_id, 0)
-            new = old | mask
-            if new != old:
-                reached_by[auth_id] = new
+            if old | mask != old:
+                reached_by[auth_id] = old | mask
                 stack.append(auth_id)
-    everyone = (1 << len(state_sets)) - 1
+    everyone = (1 << len(sets)) - 1
     return {event_id for event_id, mask in reached_by.items() if mask != everyone}
 
 

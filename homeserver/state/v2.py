@@ -45,26 +45,18 @@ def separate_conflicted(
     some sets lack is conflicted.  Returns (unconflicted map, key -> conflicted
     event IDs).
     """
-    unconflicted: dict[StateKey, str] = {}
-    conflicted: dict[StateKey, set[str]] = {}
     if not state_sets:
-        return unconflicted, conflicted
-    first, rest = state_sets[0], state_sets[1:]
-    # Keys of the first set: one dict lookup per other set in the common case.
-    for key, event_id in first.items():
-        if all(other.get(key) == event_id for other in rest):
-            unconflicted[key] = event_id
-        else:
-            ids = {event_id}
-            ids.update(v for other in rest if (v := other.get(key)) is not None)
-            conflicted[key] = ids
-    # Keys the first set lacks are conflicted by definition.
-    for index, state_set in enumerate(rest):
-        for key in state_set.keys() - first.keys():
-            if key not in conflicted:
-                conflicted[key] = {
-                    v for other in rest[index:] if (v := other.get(key)) is not None
-                }
+        return {}, {}
+    # Set operations on the item views run in C: the (key, event) pairs every set
+    # shares are the unconflicted state.
+    shared = state_sets[0].items() & set(state_sets[1].items()) if len(state_sets) > 1 else set(state_sets[0].items())
+    for state_set in state_sets[2:]:
+        shared &= state_set.items()
+    unconflicted = dict(shared)
+    conflicted: dict[StateKey, set[str]] = {}
+    for state_set in state_sets:
+        for key in state_set.keys() - unconflicted.keys():
+            conflicted.setdefault(key, set()).add(state_set[key])
     return unconflicted, conflicted
 
 
@@ -210,6 +202,7 @@ def iterative_auth_checks(
     remote input and must reach an answer whatever a malformed event contains.
 
     Returns a new state map: ``base_state`` with the events that passed applied.
+    Raises ``ValueError`` if an event the state names is not available.
     """
     state = dict(base_state)
     for event_id in event_ids:
@@ -230,8 +223,11 @@ def iterative_auth_checks(
             state_event_id = state.get(auth_key)
             if state_event_id is not None:
                 state_event = lookup(state_event_id)
-                if state_event is not None:
-                    auth_events[auth_key] = state_event
+                if state_event is None:
+                    # Silently falling back to the event's own auth events here would
+                    # resolve differently from servers that have the event.
+                    raise ValueError(f"state res: state event {state_event_id} is not available")
+                auth_events[auth_key] = state_event
 
         try:
             auth_check(room_version, event, auth_events)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from homeserver.storage.database import Database, Transaction
@@ -33,15 +33,38 @@ def _record(row: tuple[object, ...]) -> DeviceRecord:
     return DeviceRecord(*row)  # type: ignore[arg-type]
 
 
-def delete_device_tokens_txn(txn: Transaction, user_id: str, device_ids: Collection[str]) -> None:
+# What belongs to a device and goes with it: its tokens, its end-to-end keys, its inbox.
+_DEVICE_OWNED_TABLES = (
+    "access_tokens",
+    "refresh_tokens",
+    "e2e_device_keys",
+    "e2e_one_time_keys",
+    "e2e_fallback_keys",
+    "device_inbox",
+)
+
+
+def delete_device_data_txn(txn: Transaction, user_id: str, device_ids: Collection[str]) -> None:
     for device_id in device_ids:
-        txn.execute("DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?", (user_id, device_id))
-        txn.execute("DELETE FROM refresh_tokens WHERE user_id = ? AND device_id = ?", (user_id, device_id))
+        for table in _DEVICE_OWNED_TABLES:
+            txn.execute(f"DELETE FROM {table} WHERE user_id = ? AND device_id = ?", (user_id, device_id))
 
 
 class DeviceRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Called with (user_id, deleted device IDs) once a deletion has committed.
+        self.deleted_listeners: list[Callable[[str, list[str]], None]] = []
+
+    def _announce(self, txn: Transaction, user_id: str, device_ids: list[str]) -> None:
+        if device_ids:
+            listeners = list(self.deleted_listeners)
+
+            def announce() -> None:
+                for listener in listeners:
+                    listener(user_id, device_ids)
+
+            txn.call_after(announce)
 
     async def store_device(
         self, user_id: str, device_id: str, display_name: str | None, now_ms: int
@@ -102,9 +125,10 @@ class DeviceRepository:
         """Delete the devices and every token issued to them, in one transaction."""
 
         def txn_fn(txn: Transaction) -> None:
-            delete_device_tokens_txn(txn, user_id, device_ids)
+            delete_device_data_txn(txn, user_id, device_ids)
             for device_id in device_ids:
                 txn.execute("DELETE FROM devices WHERE user_id = ? AND device_id = ?", (user_id, device_id))
+            self._announce(txn, user_id, list(device_ids))
 
         await self._db.run_interaction("delete_devices", txn_fn)
 
@@ -114,9 +138,10 @@ class DeviceRepository:
         def txn_fn(txn: Transaction) -> list[str]:
             rows = txn.select_all("SELECT device_id FROM devices WHERE user_id = ?", (user_id,))
             doomed = [str(r[0]) for r in rows if r[0] != except_device_id]
-            delete_device_tokens_txn(txn, user_id, doomed)
+            delete_device_data_txn(txn, user_id, doomed)
             for device_id in doomed:
                 txn.execute("DELETE FROM devices WHERE user_id = ? AND device_id = ?", (user_id, device_id))
+            self._announce(txn, user_id, doomed)
             return doomed
 
         return await self._db.run_interaction("delete_all_devices", txn_fn)

@@ -80,6 +80,23 @@ class RoomRepository:
 
         return await self._db.run_interaction("membership_changes", txn_fn)
 
+    async def member_changes_in_rooms_of(self, user_id: str, after: int, upto: int) -> list[tuple[str, str]]:
+        """(other user, membership) for membership changes in (after, upto] in the rooms
+        ``user_id`` is joined to now."""
+
+        def txn_fn(txn: Transaction) -> list[tuple[str, str]]:
+            rows = txn.select_all(
+                "SELECT h.user_id, h.membership FROM membership_history AS h JOIN room_memberships AS m"
+                " ON m.room_id = h.room_id WHERE m.user_id = ? AND m.membership = 'join'"
+                " AND h.stream_ordering > ? AND h.stream_ordering <= ? AND h.user_id != ? ORDER BY h.stream_ordering",
+                (user_id, after, upto, user_id),
+            )
+            return [(str(a), str(b)) for a, b in rows]
+
+        if after >= upto:
+            return []
+        return await self._db.run_interaction("member_changes_in_rooms", txn_fn)
+
     async def membership_at(self, room_id: str, user_id: str, stream: int) -> tuple[str, str] | None:
         """The user's (membership, event_id) in the room as of stream position ``stream``."""
 
