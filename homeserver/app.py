@@ -315,6 +315,13 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
                 logger.exception("could not update %s's membership in %s", user_id, room_id)
 
     profiles.on_profile_changed = propagate_profile
+
+    async def leave_all_rooms(user_id: str) -> None:
+        for membership in await room_store.rooms_for_user(user_id, ("join", "invite", "knock")):
+            try:
+                await rooms.update_membership(sender=user_id, room_id=membership.room_id, action="leave")
+            except Exception:
+                logger.exception("deactivation: could not leave %s", membership.room_id)
     presenter = EventPresenter(clock=clock, events=event_store, state=state_store, timeline=timeline, rooms=room_store)
     messages = MessageService(
         events=room_events,
@@ -403,6 +410,7 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
         admin=AdminService(clock=clock, accounts=accounts, registration_tokens=reg_tokens),
         uia=uia,
     )
+    services.account.on_deactivated = leave_all_rooms
     authenticate = RequestAuthenticator(auth)
 
     def client_routes(router: Router) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.services.auth import Requester
 from homeserver.services.passwords import PasswordHasher, PolicySettings, check_password_policy
@@ -27,6 +29,8 @@ class AccountService:
         self._hasher = hasher
         self._policy = password_policy
         self.password_changes_enabled = password_changes_enabled
+        # Set by app.py: leaves the user's rooms and rejects their invites.
+        self.on_deactivated: Callable[[str], Awaitable[None]] | None = None
 
     async def change_password(self, requester: Requester, new_password: str, *, logout_devices: bool) -> None:
         """Set the password; unless told otherwise, sign out every other session.
@@ -47,3 +51,5 @@ class AccountService:
         await self._accounts.deactivate(user_id)
         await self._devices.delete_all_devices(user_id)
         await self._tokens.delete_user_tokens(user_id)
+        if self.on_deactivated is not None:
+            await self.on_deactivated(user_id)

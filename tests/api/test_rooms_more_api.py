@@ -104,3 +104,20 @@ async def test_room_upgrade(server: HSFixture) -> None:
     assert (await bob.post(f"{V3}/join/{new_room}", {})).code == 200
     bad = await alice.post(f"{V3}/rooms/{new_room}/upgrade", {"new_version": "77"})
     assert (bad.code, bad.body["errcode"]) == (400, "M_UNSUPPORTED_ROOM_VERSION")
+
+
+@pytest_twisted.ensureDeferred
+async def test_deactivated_user_leaves_rooms(server: HSFixture) -> None:
+    from tests.api.helpers import password_auth
+
+    alice = await user(server, "alice")
+    bob = await user(server, "bob")
+    room_id = await create_room(alice, preset="public_chat")
+    await bob.post(f"{V3}/join/{room_id}", {})
+    first = await bob.post(f"{V3}/account/deactivate", {})
+    done = await bob.post(
+        f"{V3}/account/deactivate", {"auth": password_auth("@bob:test.local", "correct horse battery", first.body["session"])}
+    )
+    assert done.code == 200
+    joined = (await alice.get(f"{V3}/rooms/{room_id}/joined_members")).body["joined"]
+    assert list(joined) == ["@alice:test.local"]
