@@ -100,13 +100,17 @@ class EventPresenter:
         replaced_ids = {s.replaces_state for s in items if s.replaces_state}
         related = await self._events.get_events(list(redaction_ids | replaced_ids))
         txn_ids = await self._events.get_txn_ids(ids) if user_id and device_id else {}
+        all_relations = await self._timeline.relations_of_many(ids) if with_relations else {}
         out = []
         for item in items:
             event = item.event
             redaction = related.get(item.redacted_by) if item.redacted_by else None
             prev = related.get(item.replaces_state) if item.replaces_state else None
             txn = txn_ids.get(event.event_id)
-            relations = await self._aggregations(event, user_id) if with_relations and redaction is None else None
+            related_rows = all_relations.get(event.event_id)
+            relations = (
+                await self._aggregations(event, user_id, related_rows) if related_rows and redaction is None else None
+            )
             out.append(
                 client_event(
                     event,
@@ -120,11 +124,10 @@ class EventPresenter:
             )
         return out
 
-    async def _aggregations(self, event: Event, user_id: str | None) -> dict[str, Any] | None:
+    async def _aggregations(
+        self, event: Event, user_id: str | None, relations: list[tuple[str, str, str | None, str, int]]
+    ) -> dict[str, Any] | None:
         """The server-side aggregations of the spec: the latest edit and the thread summary."""
-        relations = await self._timeline.relations(event.event_id)
-        if not relations:
-            return None
         out: dict[str, Any] = {}
         edits = [r for r in relations if r[1] == "m.replace" and r[3] == event.sender]
         if edits:

@@ -42,13 +42,15 @@ def auth_chain_difference(
     sets = [s if isinstance(s, (set, frozenset)) else set(s) for s in state_sets]
     # Events in every set, and everything they cite, are in every chain: one plain
     # walk marks them, and the walks below stop there.  This is most of the room.
+    # (Breadth first, a generation at a time, so the set operations run in C.)
     in_all: set[str] = set(sets[0]).intersection(*sets[1:])
-    stack = list(in_all)
-    while stack:
-        for auth_id in get_auth_ids(stack.pop()):
-            if auth_id not in in_all:
-                in_all.add(auth_id)
-                stack.append(auth_id)
+    generation: set[str] = in_all
+    while generation:
+        cited: set[str] = set()
+        for event_id in generation:
+            cited.update(get_auth_ids(event_id))
+        generation = cited - in_all
+        in_all |= generation
     # The rest carry a bitmask of the sets that reach them; an event is revisited only
     # when its mask grows, so this costs at most (number of sets) x (events reached).
     reached_by: dict[str, int] = {}
@@ -138,10 +140,11 @@ def _effective_auth_ids(event: StateEvent) -> Sequence[str]:
     room ID has no server part (no ":"), and its create event's ID is derived from it.
     """
     auth_ids = event.auth_event_ids
-    if event.type != CREATE and ":" not in event.room_id:
-        create_id = create_event_id_for_room(event.room_id)
+    room_id = event.room_id
+    if ":" not in room_id and event.type != CREATE:
+        create_id = create_event_id_for_room(room_id)
         if create_id not in auth_ids:
-            return [*auth_ids, create_id]
+            return (*auth_ids, create_id)
     return auth_ids
 
 

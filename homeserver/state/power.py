@@ -110,9 +110,7 @@ def sender_power_level(
 ) -> float:
     """The power of the event's sender, judged by the event's own auth events.
 
-    The first comparison of the *reverse topological power ordering*.  Room v12:
-    creators have infinite power.  Without a power levels event the creator has 100
-    and everyone else 0 (the auth rules' defaults).
+    The first comparison of the *reverse topological power ordering*.
     """
     create: StateEvent | None = event if event.type == CREATE else None
     power_levels: StateEvent | None = None
@@ -125,18 +123,31 @@ def sender_power_level(
             power_levels = auth_event
         elif key == CREATE_KEY:
             create = auth_event
+    return user_power_level(room_version, event.sender, create, power_levels)
 
+
+def user_power_level(
+    room_version: RoomVersion,
+    user_id: str,
+    create: StateEvent | None,
+    power_levels: StateEvent | None,
+) -> float:
+    """A user's power given the create and power levels events (either may be absent).
+
+    Room v12: creators have infinite power.  Without a power levels event the creator
+    has 100 and everyone else 0 (the auth rules' defaults).
+    """
     if room_version.privileged_creators and create is not None:
-        if is_creator(room_version, create, event.sender):
+        if is_creator(room_version, create, user_id):
             return CREATOR_POWER
 
     if power_levels is None:
-        if create is not None and is_creator(room_version, create, event.sender):
+        if create is not None and is_creator(room_version, create, user_id):
             return 100
         return 0
 
     users = power_levels.content.get("users")
-    level = users.get(event.sender) if isinstance(users, Mapping) else None
+    level = users.get(user_id) if isinstance(users, Mapping) else None
     if level is None:
         level = power_levels.content.get("users_default")
     return 0 if level is None else _as_level(level, 0)

@@ -28,12 +28,8 @@ from homeserver.state.interfaces import (
     StateMap,
     StateResolutionStore,
 )
-from homeserver.state.power import (
-    auth_event_ids_of,
-    is_power_event,
-    power_levels_auth_event,
-    sender_power_level,
-)
+from homeserver.state.event_index import EventIndex
+from homeserver.state.power import is_power_event, sender_power_level
 from homeserver.state.v2 import (
     iterative_auth_checks,
     mainline_sort,
@@ -47,6 +43,7 @@ __all__ = [
     "StateMap",
     "StateEvent",
     "StateResolutionStore",
+    "EventIndex",
     "RejectionAwareStore",
     "InMemoryStateStore",
     "resolve_state",
@@ -109,8 +106,9 @@ async def resolve_state(
     # Events the store cannot produce cannot take part (as in Synapse).
     full = {e for e in full if e in events.loaded}
 
+    index = EventIndex(room_version, events.loaded)
     base: StateMap = {} if is_v21 else unconflicted
-    await _prefetch(room_version, full, base, events, auth_types)
+    await _prefetch(index, full, base, events, auth_types)
 
     rejected: Collection[str] = ()
     if isinstance(store, RejectionAwareStore):
@@ -120,7 +118,7 @@ async def resolve_state(
         room_version,
         full,
         unconflicted,
-        events.loaded.get,
+        index,
         auth_check=auth_check,
         auth_types=auth_types,
         rejected=rejected,
@@ -153,7 +151,7 @@ class _EventCache:
 
 
 async def _prefetch(
-    room_version: RoomVersion,
+    index: EventIndex,
     full: set[str],
     base: StateMap,
     events: _EventCache,
@@ -167,37 +165,30 @@ async def _prefetch(
       power levels event that might end up resolved and from every event to be
       mainline-sorted, one generation per store call.
     """
-    loaded = events.loaded
-    await events.load(
-        a for e in full for a in auth_event_ids_of(room_version, loaded[e])
-    )
+    await events.load(a for e in full for a in index.auth_ids(e))
 
     keys: set[StateKey] = {POWER_LEVELS_KEY}
     for event_id in full:
-        keys.update(auth_types(room_version, loaded[event_id]))
+        keys.update(index.auth_types(event_id, auth_types))
     await events.load(base[k] for k in keys if k in base)
 
     # Candidates for the resolved power levels: the base one and every conflicted
     # one (all power levels events are power events, so they are all in step 2).
-    lookup = loaded.get
-    chain_from: set[str] = {e for e in full if loaded[e].type == POWER_LEVELS_KEY[0]}
+    chain_from = {e for e in full if index.key(e) == POWER_LEVELS_KEY}
     if POWER_LEVELS_KEY in base:
         chain_from.add(base[POWER_LEVELS_KEY])
     for event_id in full:
-        pl_id = power_levels_auth_event(room_version, loaded[event_id], lookup)
-        if pl_id is not None:
-            chain_from.add(pl_id)
+        power_levels_id = index.power_levels_auth(event_id)
+        if power_levels_id is not None:
+            chain_from.add(power_levels_id)
     expanded = set(full)
-    frontier = {e for e in chain_from if e in loaded}
+    frontier = {e for e in chain_from if e in index} - expanded
     while frontier:
-        frontier -= expanded
         expanded |= frontier
-        await events.load(
-            a for e in frontier for a in auth_event_ids_of(room_version, loaded[e])
-        )
+        await events.load(a for e in frontier for a in index.auth_ids(e))
         next_frontier: set[str] = set()
         for event_id in frontier:
-            pl_id = power_levels_auth_event(room_version, loaded[event_id], lookup)
-            if pl_id is not None and pl_id not in expanded:
-                next_frontier.add(pl_id)
+            power_levels_id = index.power_levels_auth(event_id)
+            if power_levels_id is not None and power_levels_id not in expanded:
+                next_frontier.add(power_levels_id)
         frontier = next_frontier

@@ -1,7 +1,7 @@
 """State resolution v2 (room versions 2-11) and v2.1 (room version 12), the pure part.
 
 Follows the spec's room v2 and v12 "State resolution" sections step by step.  Every
-function here is synchronous and works over events already in memory (``lookup``);
+function here is synchronous and works over events already in memory;
 :mod:`homeserver.state.resolution` gathers them from a store first.
 
 Where Synapse (and ruma) depart from the spec text in ways that change outcomes for
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from homeserver.events.room_versions import RoomVersion, StateResVersion
 from homeserver.state.interfaces import (
@@ -24,14 +24,8 @@ from homeserver.state.interfaces import (
     StateKey,
     StateMap,
 )
-from homeserver.state.power import (
-    EventLookup,
-    auth_event_ids_of,
-    is_power_event,
-    power_levels_auth_event,
-    sender_power_level,
-    state_key_of,
-)
+from homeserver.state.event_index import EventIndex
+from homeserver.state.power import is_power_event
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +39,25 @@ def separate_conflicted(
     some sets lack is conflicted.  Returns (unconflicted map, key -> conflicted
     event IDs).
     """
-    if not state_sets:
-        return {}, {}
-    # Set operations on the item views run in C: the (key, event) pairs every set
-    # shares are the unconflicted state.
-    shared = state_sets[0].items() & set(state_sets[1].items()) if len(state_sets) > 1 else set(state_sets[0].items())
-    for state_set in state_sets[2:]:
-        shared &= state_set.items()
-    unconflicted = dict(shared)
+    unconflicted: dict[StateKey, str] = {}
     conflicted: dict[StateKey, set[str]] = {}
+    if not state_sets:
+        return unconflicted, conflicted
+    first, rest = state_sets[0], state_sets[1:]
+    # A plain loop allocates nothing per key (set operations on item views would
+    # build a tuple per entry and wake the garbage collector on big rooms).
+    if len(rest) == 1:
+        second = rest[0]
+        for key, event_id in first.items():
+            if second.get(key) == event_id:
+                unconflicted[key] = event_id
+    else:
+        for key, event_id in first.items():
+            for other in rest:
+                if other.get(key) != event_id:
+                    break
+            else:
+                unconflicted[key] = event_id
     for state_set in state_sets:
         for key in state_set.keys() - unconflicted.keys():
             conflicted.setdefault(key, set()).add(state_set[key])
@@ -64,9 +68,9 @@ def reverse_topological_power_sort(
     room_version: RoomVersion,
     event_ids: Iterable[str],
     full_conflicted_set: Collection[str],
-    lookup: EventLookup,
+    events: Mapping[str, StateEvent],
 ) -> list[str]:
-    """Steps 1's ordering: the events plus their auth ancestors in the full
+    """Step 1's ordering: the events plus their auth ancestors in the full
     conflicted set, in *reverse topological power ordering*.
 
     Kahn's algorithm over the auth DAG, always taking the smallest ready event by
@@ -78,25 +82,20 @@ def reverse_topological_power_sort(
     belong to the full conflicted set" could reach further through unconflicted
     events; in practice v2.1's conflicted subgraph fills that gap).
     """
+    index = EventIndex.of(room_version, events)
     # event -> its auth events within the graph
     edges: dict[str, set[str]] = {}
     stack = list(event_ids)
     while stack:
         event_id = stack.pop()
-        if event_id in edges:
+        if event_id in edges or event_id not in index:
             continue
-        event = lookup(event_id)
-        auth_ids = auth_event_ids_of(room_version, event) if event is not None else ()
-        inside = {a for a in auth_ids if a in full_conflicted_set}
+        inside = {a for a in index.auth_ids(event_id) if a in full_conflicted_set and a in index}
         edges[event_id] = inside
         stack.extend(a for a in inside if a not in edges)
 
     def order_key(event_id: str) -> tuple[float, int, str]:
-        event = lookup(event_id)
-        if event is None:  # not reachable: edges only name events we have
-            return (0, 0, event_id)
-        power = sender_power_level(room_version, event, lookup)
-        return (-power, event.origin_server_ts, event_id)
+        return (-index.sender_power(event_id), index[event_id].origin_server_ts, event_id)
 
     cited_by: dict[str, list[str]] = {}
     waiting_on: dict[str, int] = {}
@@ -124,7 +123,7 @@ def mainline_sort(
     room_version: RoomVersion,
     event_ids: Iterable[str],
     resolved_power_levels_id: str | None,
-    lookup: EventLookup,
+    events: Mapping[str, StateEvent],
 ) -> list[str]:
     """Step 3's ordering: the *mainline ordering* based on the resolved power levels.
 
@@ -133,48 +132,41 @@ def mainline_sort(
     mainline event on its own chain of power-levels auth events; events based on an
     earlier mainline event (or none) come first, then by origin_server_ts, event_id.
     """
+    index = EventIndex.of(room_version, events)
     mainline: list[str] = []
     power_levels_id = resolved_power_levels_id
     while power_levels_id is not None and power_levels_id not in mainline:
         mainline.append(power_levels_id)
-        event = lookup(power_levels_id)
-        power_levels_id = (
-            power_levels_auth_event(room_version, event, lookup) if event is not None else None
-        )
+        power_levels_id = index.power_levels_auth(power_levels_id)
     # Sort weight: the root of the mainline (the oldest) is 1 and the resolved power
     # levels len(mainline); an event whose chain never meets the mainline is 0, the
     # "infinite position" that sorts first.
-    weight: dict[str, int] = {
-        event_id: len(mainline) - index for index, event_id in enumerate(mainline)
-    }
+    weight: dict[str, int] = {event_id: len(mainline) - i for i, event_id in enumerate(mainline)}
 
-    def chain_weight(event: StateEvent) -> int:
-        # Walk this event's chain of power-levels auth events to the mainline,
+    def chain_weight(event_id: str) -> int:
+        # Walk the event's chain of power-levels auth events to the mainline (the
+        # event itself is not a candidate: the spec starts from its auth events),
         # remembering the answer for every power levels event passed on the way:
         # sibling events share those chains.
         passed: dict[str, None] = {}  # ordered set; also stops on a (forged) cycle
         found = 0
-        current = power_levels_auth_event(room_version, event, lookup)
+        current = index.power_levels_auth(event_id)
         while current is not None and current not in passed:
             known = weight.get(current)
             if known is not None:
                 found = known
                 break
             passed[current] = None
-            current_event = lookup(current)
-            if current_event is None:
-                break
-            current = power_levels_auth_event(room_version, current_event, lookup)
-        for event_id in passed:
-            weight[event_id] = found
+            current = index.power_levels_auth(current)
+        for passed_id in passed:
+            weight[passed_id] = found
         return found
 
-    keyed: list[tuple[int, int, str]] = []
-    for event_id in event_ids:
-        event = lookup(event_id)
-        if event is None:
-            continue
-        keyed.append((chain_weight(event), event.origin_server_ts, event_id))
+    keyed = [
+        (chain_weight(event_id), event.origin_server_ts, event_id)
+        for event_id in event_ids
+        if (event := index.get(event_id)) is not None
+    ]
     keyed.sort()
     return [event_id for _, _, event_id in keyed]
 
@@ -183,7 +175,7 @@ def iterative_auth_checks(
     room_version: RoomVersion,
     event_ids: Iterable[str],
     base_state: StateMap,
-    lookup: EventLookup,
+    events: Mapping[str, StateEvent],
     *,
     auth_check: AuthCheck,
     auth_types: AuthTypes,
@@ -204,25 +196,24 @@ def iterative_auth_checks(
     Returns a new state map: ``base_state`` with the events that passed applied.
     Raises ``ValueError`` if an event the state names is not available.
     """
+    index = EventIndex.of(room_version, events)
     state = dict(base_state)
     for event_id in event_ids:
-        event = lookup(event_id)
-        key = state_key_of(event) if event is not None else None
-        if event is None or key is None:
+        key = index.key(event_id)
+        if key is None:
             continue
+        event = index[event_id]
 
         auth_events: dict[StateKey, StateEvent] = {}
-        for auth_id in auth_event_ids_of(room_version, event):
-            if auth_id in rejected:
-                continue
-            auth_event = lookup(auth_id)
-            auth_key = state_key_of(auth_event) if auth_event is not None else None
-            if auth_event is not None and auth_key is not None:
-                auth_events[auth_key] = auth_event
-        for auth_key in auth_types(room_version, event):
+        for auth_id in index.auth_ids(event_id):
+            if auth_id not in rejected:
+                auth_key = index.key(auth_id)
+                if auth_key is not None:
+                    auth_events[auth_key] = index[auth_id]
+        for auth_key in index.auth_types(event_id, auth_types):
             state_event_id = state.get(auth_key)
             if state_event_id is not None:
-                state_event = lookup(state_event_id)
+                state_event = index.get(state_event_id)
                 if state_event is None:
                     # Silently falling back to the event's own auth events here would
                     # resolve differently from servers that have the event.
@@ -242,24 +233,22 @@ def resolve_conflicted_set(
     room_version: RoomVersion,
     full_conflicted_set: Collection[str],
     unconflicted: StateMap,
-    lookup: EventLookup,
+    events: Mapping[str, StateEvent],
     *,
     auth_check: AuthCheck,
     auth_types: AuthTypes,
     rejected: Collection[str] = frozenset(),
 ) -> dict[StateKey, str]:
     """Steps 1-5 of the algorithm, given the full conflicted set (every ID in it must
-    resolve through ``lookup``) and the unconflicted state map."""
-    full = full_conflicted_set if isinstance(full_conflicted_set, (set, frozenset)) else set(
-        full_conflicted_set
-    )
+    be in ``events``, as must the events the algorithm reaches from them) and the
+    unconflicted state map."""
+    index = EventIndex.of(room_version, events)
+    full = set(full_conflicted_set)
 
     # 1. The power events and their auth ancestors in the full conflicted set, in
     #    reverse topological power ordering.
-    power_events = [
-        e for e in full if (event := lookup(e)) is not None and is_power_event(event)
-    ]
-    sorted_power_events = reverse_topological_power_sort(room_version, power_events, full, lookup)
+    power_events = [e for e in full if is_power_event(index[e])]
+    sorted_power_events = reverse_topological_power_sort(room_version, power_events, full, index)
 
     # 2. Iterative auth checks from the unconflicted state map (v2) or, in room
     #    version 12, from an empty map: the unconflicted state no longer vouches for
@@ -270,7 +259,7 @@ def resolve_conflicted_set(
         room_version,
         sorted_power_events,
         base,
-        lookup,
+        index,
         auth_check=auth_check,
         auth_types=auth_types,
         rejected=rejected,
@@ -278,19 +267,14 @@ def resolve_conflicted_set(
 
     # 3. The remaining events in mainline order of the partially resolved power levels.
     done = set(sorted_power_events)
-    leftover = mainline_sort(
-        room_version,
-        (e for e in full if e not in done),
-        partial.get(POWER_LEVELS_KEY),
-        lookup,
-    )
+    leftover = mainline_sort(room_version, (e for e in full if e not in done), partial.get(POWER_LEVELS_KEY), index)
 
     # 4. Iterative auth checks on top of the partial state.
     resolved = iterative_auth_checks(
         room_version,
         leftover,
         partial,
-        lookup,
+        index,
         auth_check=auth_check,
         auth_types=auth_types,
         rejected=rejected,

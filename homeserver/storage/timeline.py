@@ -146,6 +146,34 @@ class TimelineRepository:
 
         return await self._db.run_interaction("relations", txn_fn)
 
+    async def relations_of_many(
+        self, event_ids: Collection[str]
+    ) -> dict[str, list[tuple[str, str, str | None, str, int]]]:
+        """Like :meth:`relations` for many targets in one query (edits and threads of a page)."""
+        ids = list(event_ids)
+        if not ids:
+            return {}
+
+        def txn_fn(txn: Transaction) -> dict[str, list[tuple[str, str, str | None, str, int]]]:
+            out: dict[str, list[tuple[str, str, str | None, str, int]]] = {}
+            for start in range(0, len(ids), 200):
+                chunk = ids[start : start + 200]
+                rows = txn.select_all(
+                    "SELECT r.relates_to_id, r.event_id, r.relation_type, r.aggregation_key, r.sender,"
+                    " r.stream_ordering FROM event_relations AS r JOIN events AS e ON e.event_id = r.event_id"
+                    f" WHERE r.relates_to_id IN ({_in_clause(chunk)}) AND r.relation_type IN"
+                    " ('m.replace', 'm.thread', 'm.reference')"
+                    " AND e.redacted_by IS NULL AND e.rejected_reason IS NULL ORDER BY r.stream_ordering",
+                    chunk,
+                )
+                for target, a, b, c, d, e in rows:
+                    out.setdefault(str(target), []).append(
+                        (str(a), str(b), None if c is None else str(c), str(d), int(e))
+                    )
+            return out
+
+        return await self._db.run_interaction("relations_of_many", txn_fn)
+
     async def redactions_of(self, event_ids: Collection[str]) -> dict[str, str]:
         """Redaction event IDs targeting each of ``event_ids`` (first one wins)."""
         if not event_ids:
