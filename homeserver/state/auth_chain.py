@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 
-from homeserver.state.interfaces import CREATE, StateEvent
+from homeserver.state.interfaces import StateEvent
 from homeserver.state.power import create_event_id_for_room
 
 GetAuthIds = Callable[[str], Iterable[str]]
@@ -27,9 +27,7 @@ def auth_chain(event_ids: Iterable[str], get_auth_ids: GetAuthIds) -> set[str]:
     return chain
 
 
-def auth_chain_difference(
-    state_sets: Sequence[Collection[str]], get_auth_ids: GetAuthIds
-) -> set[str]:
+def auth_chain_difference(state_sets: Sequence[Collection[str]], get_auth_ids: GetAuthIds) -> set[str]:
     """The *auth difference*: events in some but not all of the sets' full auth chains.
 
     A state set's full auth chain here includes the state events themselves, as
@@ -128,22 +126,23 @@ async def fetch_conflicted_subgraph(
             event = fetched.get(event_id)
             ids = list(_effective_auth_ids(event)) if event is not None else []
             auth_ids[event_id] = ids
-            next_frontier.update(a for a in ids if a not in auth_ids)
-        frontier = next_frontier
+            next_frontier.update(ids)
+        frontier = next_frontier - auth_ids.keys()
     return conflicted_subgraph(conflicted_ids, lambda e: auth_ids.get(e, ()))
 
 
-def _effective_auth_ids(event: StateEvent) -> Sequence[str]:
+def _effective_auth_ids(event: StateEvent, event_id: str | None = None) -> Sequence[str]:
     """``auth_event_ids`` plus the create event a v12 room ID implies.
 
     Without the room version at hand we recognise v12 rooms by their IDs: a v12
-    room ID has no server part (no ":"), and its create event's ID is derived from it.
+    room ID has no server part (no ":"), and its create event's ID is derived from it
+    (so the create event is the one event that does not imply itself).
     """
     auth_ids = event.auth_event_ids
     room_id = event.room_id
-    if ":" not in room_id and event.type != CREATE:
+    if ":" not in room_id:
         create_id = create_event_id_for_room(room_id)
-        if create_id not in auth_ids:
+        if create_id not in auth_ids and create_id != (event_id or event.event_id):
             return (*auth_ids, create_id)
     return auth_ids
 
@@ -156,9 +155,7 @@ class InMemoryStateStore:
     events added to it later are seen; the store caches each event's auth IDs.
     """
 
-    def __init__(
-        self, events: Mapping[str, StateEvent], *, rejected: Collection[str] = ()
-    ) -> None:
+    def __init__(self, events: Mapping[str, StateEvent], *, rejected: Collection[str] = ()) -> None:
         self._events = events
         self._rejected = frozenset(rejected)
         self._auth_ids: dict[str, Sequence[str]] = {}
@@ -170,21 +167,17 @@ class InMemoryStateStore:
             event = self._events.get(event_id)
             if event is None:
                 return ()
-            cached = self._auth_ids[event_id] = _effective_auth_ids(event)
+            cached = self._auth_ids[event_id] = _effective_auth_ids(event, event_id)
         return cached
 
     async def get_events(self, event_ids: Collection[str]) -> dict[str, StateEvent]:
         events = self._events
         return {e: events[e] for e in event_ids if e in events}
 
-    async def get_auth_chain_difference(
-        self, room_id: str, state_sets: list[set[str]]
-    ) -> set[str]:
+    async def get_auth_chain_difference(self, room_id: str, state_sets: list[set[str]]) -> set[str]:
         return auth_chain_difference(state_sets, self.auth_ids)
 
-    async def get_conflicted_subgraph(
-        self, room_id: str, conflicted_event_ids: set[str]
-    ) -> set[str]:
+    async def get_conflicted_subgraph(self, room_id: str, conflicted_event_ids: set[str]) -> set[str]:
         return conflicted_subgraph(conflicted_event_ids, self.auth_ids)
 
     async def get_rejected_event_ids(self, event_ids: Collection[str]) -> set[str]:

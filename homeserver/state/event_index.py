@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
 from homeserver.events.room_versions import RoomVersion
 from homeserver.state.interfaces import CREATE, CREATE_KEY, POWER_LEVELS_KEY, StateEvent, StateKey
-from homeserver.state.power import create_event_id_for_room, user_power_level
+from homeserver.state.power import auth_event_ids_of, user_power_level
 
 _MISSING: tuple[str, ...] = ()
 
@@ -20,13 +20,14 @@ _MISSING: tuple[str, ...] = ()
 class EventIndex(Mapping[str, StateEvent]):
     """A read-only view of ``events`` (which may grow) with cached per-event facts.
 
-    Facts are only cached for events present, so an event loaded later is seen.
+    Facts are only cached for events present, so an event loaded later is seen;
+    but :meth:`power_levels_auth` and :meth:`sender_power` read the event's auth
+    events, so ask only once those are loaded.
     """
 
     def __init__(self, room_version: RoomVersion, events: Mapping[str, StateEvent]) -> None:
         self.room_version = room_version
         self._events = events
-        self._implied_create = room_version.room_id_from_create_event
         self._auth_ids: dict[str, Sequence[str]] = {}
         self._keys: dict[str, StateKey | None] = {}
         self._power_levels_auth: dict[str, str | None] = {}
@@ -64,12 +65,7 @@ class EventIndex(Mapping[str, StateEvent]):
             event = self._events.get(event_id)
             if event is None:
                 return _MISSING
-            cached = event.auth_event_ids
-            if self._implied_create and event.type != CREATE:
-                create_id = create_event_id_for_room(event.room_id)
-                if create_id not in cached:
-                    cached = (*cached, create_id)
-            self._auth_ids[event_id] = cached
+            cached = self._auth_ids[event_id] = auth_event_ids_of(self.room_version, event)
         return cached
 
     def key(self, event_id: str) -> StateKey | None:
@@ -101,8 +97,8 @@ class EventIndex(Mapping[str, StateEvent]):
             return found
 
     def sender_power(self, event_id: str) -> float:
-        """The sender's power per the event's own auth events (see
-        :func:`homeserver.state.power.sender_power_level`)."""
+        """The power of the event's sender, judged by the event's own auth events:
+        the first comparison of the *reverse topological power ordering*."""
         cached = self._sender_power.get(event_id)
         if cached is None:
             event = self._events[event_id]

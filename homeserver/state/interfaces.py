@@ -78,9 +78,7 @@ class StateResolutionStore(Protocol):
         """
         ...
 
-    async def get_auth_chain_difference(
-        self, room_id: str, state_sets: list[set[str]]
-    ) -> set[str]:
+    async def get_auth_chain_difference(self, room_id: str, state_sets: list[set[str]]) -> set[str]:
         """The auth difference of the state sets (each given as its event IDs).
 
         Each state set's full auth chain includes the state events themselves (as
@@ -89,9 +87,7 @@ class StateResolutionStore(Protocol):
         """
         ...
 
-    async def get_conflicted_subgraph(
-        self, room_id: str, conflicted_event_ids: set[str]
-    ) -> set[str]:
+    async def get_conflicted_subgraph(self, room_id: str, conflicted_event_ids: set[str]) -> set[str]:
         """Room version 12: every event on an ``auth_events`` path between two
         conflicted events, the conflicted events included.
 
@@ -127,6 +123,7 @@ class AuthCheck(Protocol):
         room_version: RoomVersion,
         event: Any,
         auth_events: Mapping[StateKey, Any],
+        /,
     ) -> None: ...
 
 
@@ -136,4 +133,4 @@ class AuthTypes(Protocol):
     Default: :func:`homeserver.events.auth.auth_types_for_event`.
     """
 
-    def __call__(self, room_version: RoomVersion, event: Any) -> Collection[StateKey]: ...
+    def __call__(self, room_version: RoomVersion, event: Any, /) -> Collection[StateKey]: ...

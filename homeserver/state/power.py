@@ -1,30 +1,21 @@
-"""Event facts the state resolution orderings need: auth events, power, power events.
+"""Per-event facts for state resolution: implied auth events, power events, power.
 
-These read an event's own ``auth_events`` only (never the room state), as the
-orderings in the spec do: "when looking at their respective auth_events".
+Power is judged from an event's own auth events (never the room state), as the
+orderings in the spec do: "when looking at their respective auth_events"; see
+:meth:`homeserver.state.event_index.EventIndex.sender_power`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from homeserver.events.room_versions import RoomVersion
-from homeserver.state.interfaces import (
-    CREATE,
-    CREATE_KEY,
-    JOIN_RULES_KEY,
-    MEMBER,
-    POWER_LEVELS_KEY,
-    StateEvent,
-)
+from homeserver.state.interfaces import CREATE, JOIN_RULES, MEMBER, POWER_LEVELS, StateEvent
 
 # Room version 12: creators outrank every level a power_levels event can grant.
 CREATOR_POWER: float = math.inf
-
-# What an event lookup returns: the event, or None when it is not available.
-EventLookup = Callable[[str], StateEvent | None]
 
 
 def create_event_id_for_room(room_id: str) -> str:
@@ -42,14 +33,8 @@ def auth_event_ids_of(room_version: RoomVersion, event: StateEvent) -> Sequence[
     if room_version.room_id_from_create_event and event.type != CREATE:
         create_id = create_event_id_for_room(event.room_id)
         if create_id not in auth_ids:
-            return [*auth_ids, create_id]
+            return (*auth_ids, create_id)
     return auth_ids
-
-
-def state_key_of(event: StateEvent) -> tuple[str, str] | None:
-    """(type, state_key) of a state event, None for a message event."""
-    state_key = event.state_key
-    return None if state_key is None else (event.type, state_key)
 
 
 def is_power_event(event: StateEvent) -> bool:
@@ -62,10 +47,12 @@ def is_power_event(event: StateEvent) -> bool:
     that degenerate inputs resolve the same on every server; in a well-formed room
     the create event is never conflicted, so this changes nothing there.
     """
-    key = state_key_of(event)
-    if key in (POWER_LEVELS_KEY, JOIN_RULES_KEY, CREATE_KEY):
+    state_key = event.state_key
+    if state_key is None:
+        return False
+    if state_key == "" and event.type in (POWER_LEVELS, JOIN_RULES, CREATE):
         return True
-    if key is not None and event.type == MEMBER:
+    if event.type == MEMBER:
         membership = event.content.get("membership")
         return membership in ("leave", "ban") and event.sender != event.state_key
     return False
@@ -105,27 +92,6 @@ def _as_level(value: Any, default: int) -> int:
     return default
 
 
-def sender_power_level(
-    room_version: RoomVersion, event: StateEvent, lookup: EventLookup
-) -> float:
-    """The power of the event's sender, judged by the event's own auth events.
-
-    The first comparison of the *reverse topological power ordering*.
-    """
-    create: StateEvent | None = event if event.type == CREATE else None
-    power_levels: StateEvent | None = None
-    for auth_id in auth_event_ids_of(room_version, event):
-        auth_event = lookup(auth_id)
-        if auth_event is None:
-            continue
-        key = state_key_of(auth_event)
-        if key == POWER_LEVELS_KEY:
-            power_levels = auth_event
-        elif key == CREATE_KEY:
-            create = auth_event
-    return user_power_level(room_version, event.sender, create, power_levels)
-
-
 def user_power_level(
     room_version: RoomVersion,
     user_id: str,
@@ -151,14 +117,3 @@ def user_power_level(
     if level is None:
         level = power_levels.content.get("users_default")
     return 0 if level is None else _as_level(level, 0)
-
-
-def power_levels_auth_event(
-    room_version: RoomVersion, event: StateEvent, lookup: EventLookup
-) -> str | None:
-    """The ID of the ``m.room.power_levels`` event among the event's auth events."""
-    for auth_id in auth_event_ids_of(room_version, event):
-        auth_event = lookup(auth_id)
-        if auth_event is not None and state_key_of(auth_event) == POWER_LEVELS_KEY:
-            return auth_id
-    return None

@@ -18,6 +18,7 @@ from homeserver.state.auth_chain import (
     conflicted_subgraph,
     fetch_conflicted_subgraph,
 )
+from homeserver.state.event_index import EventIndex
 from homeserver.state.interfaces import (
     POWER_LEVELS_KEY,
     AuthCheck,
@@ -28,8 +29,7 @@ from homeserver.state.interfaces import (
     StateMap,
     StateResolutionStore,
 )
-from homeserver.state.event_index import EventIndex
-from homeserver.state.power import is_power_event, sender_power_level
+from homeserver.state.power import is_power_event
 from homeserver.state.v2 import (
     iterative_auth_checks,
     mainline_sort,
@@ -56,7 +56,6 @@ __all__ = [
     "conflicted_subgraph",
     "fetch_conflicted_subgraph",
     "is_power_event",
-    "sender_power_level",
 ]
 
 
@@ -93,9 +92,7 @@ async def resolve_state(
 
     # The full conflicted set: conflicted state, auth difference and (v2.1) the
     # conflicted state subgraph.
-    full = await store.get_auth_chain_difference(
-        room_id, [set(state_set.values()) for state_set in state_sets]
-    )
+    full = await store.get_auth_chain_difference(room_id, [set(state_set.values()) for state_set in state_sets])
     full |= conflicted_ids
     is_v21 = room_version.state_res == StateResVersion.V2_1
     if is_v21:
@@ -144,9 +141,7 @@ class _EventCache:
             # A state set naming another room's events would let that room's
             # power levels decide this one's state.
             if event.room_id != self._room_id:
-                raise ValueError(
-                    f"state res for {self._room_id}: {event_id} is in {event.room_id}"
-                )
+                raise ValueError(f"state res for {self._room_id}: {event_id} is in {event.room_id}")
         self.loaded.update(fetched)
 
 

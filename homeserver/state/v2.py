@@ -16,6 +16,7 @@ import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from homeserver.events.room_versions import RoomVersion, StateResVersion
+from homeserver.state.event_index import EventIndex
 from homeserver.state.interfaces import (
     POWER_LEVELS_KEY,
     AuthCheck,
@@ -24,7 +25,6 @@ from homeserver.state.interfaces import (
     StateKey,
     StateMap,
 )
-from homeserver.state.event_index import EventIndex
 from homeserver.state.power import is_power_event
 
 logger = logging.getLogger(__name__)
