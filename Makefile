@@ -39,6 +39,7 @@ test: $(VENV)/.installed-test
 ## make bench: benchmarks under tests/bench
 bench: $(VENV)/.installed-test
 	$(BIN)/python tests/bench/state_res_bench.py --compare-synapse
+	$(BIN)/python tests/bench/compare.py $(BENCH_ARGS)
 
 ## make lint: ruff and mypy
 lint: $(VENV)/.installed-test
