@@ -26,13 +26,24 @@ from homeserver.api.client import rooms as rooms_api
 from homeserver.api.client import sync as sync_api
 from homeserver.api.client import userdata as userdata_api
 from homeserver.api.client import versions as versions_api
+from homeserver.api.federation import keys as federation_keys_api
+from homeserver.api.media import admin as media_admin_api
+from homeserver.api.media import media as media_api
 from homeserver.config import HomeserverConfig
+from homeserver.config.listeners import IMPLIED_RESOURCES
 from homeserver.core.clock import Clock
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.events.signing import SigningKey, read_signing_keys
+from homeserver.federation.components import Federation, build_federation
+from homeserver.federation.tls import server_tls_options
 from homeserver.filtering import parse_filter
 from homeserver.http.auth import RequestAuthenticator
 from homeserver.http.server import HomeserverSite, RootResource, Router
+from homeserver.media.preview import PreviewService
+from homeserver.media.repository import MediaRepository
+from homeserver.media.safe_http import IPPolicy, SafeHttpClient, threaded_resolver
+from homeserver.media.service import MediaRules, MediaService, NoRemoteMedia
+from homeserver.media.storage import LocalDiskBackend
 from homeserver.services.account import AccountService
 from homeserver.services.admin import AdminService
 from homeserver.services.auth import AuthService, TokenLifetimes
@@ -118,10 +129,14 @@ class Homeserver:
     background: list[task.LoopingCall] = field(default_factory=list)
     ports: list[IListeningPort] = field(default_factory=list)
     sites: list[HomeserverSite] = field(default_factory=list)
+    # keys, keyring, signed-request transport and X-Matrix authenticator (homeserver/federation)
+    federation: Federation | None = None
 
     def build_site(self, resource_names: set[str], *, x_forwarded: bool = False) -> HomeserverSite:
         router = Router()
-        for name in ("health", *sorted(resource_names)):
+        # As in Synapse, "client" and "federation" also serve "media" (IMPLIED_RESOURCES).
+        implied = {i for n in resource_names for i in IMPLIED_RESOURCES.get(n, ())}
+        for name in ("health", *sorted(set(resource_names) | implied)):
             add_routes = self.route_groups.get(name)
             if add_routes is not None:
                 add_routes(router)
@@ -145,17 +160,24 @@ class Homeserver:
                 continue
             names = {n for res in listener.resources for n in res.names}
             site = self.build_site(names, x_forwarded=listener.x_forwarded)
-            self._listen(listener.port, listener.bind_addresses, site)
+            self._listen(listener.port, listener.bind_addresses, site, tls=listener.tls)
             logger.info("listening on %s port %d for %s", ",".join(listener.bind_addresses), listener.port, sorted(names))
         self.reactor.addSystemEventTrigger("before", "shutdown", self.stop)
 
-    def _listen(self, port: int, addresses: tuple[str, ...], site: HomeserverSite) -> None:
+    def _listen(self, port: int, addresses: tuple[str, ...], site: HomeserverSite, *, tls: bool = False) -> None:
         from twisted.internet.error import CannotListenError
 
+        tls_options = None
+        if tls:  # the config guarantees both paths for a tls: true listener
+            assert self.config.tls_certificate_path and self.config.tls_private_key_path
+            tls_options = server_tls_options(self.config.tls_certificate_path, self.config.tls_private_key_path)
         dual_stack = False
         for address in addresses:
             try:
-                self.ports.append(self.reactor.listenTCP(port, site, interface=address))
+                if tls_options is not None:
+                    self.ports.append(self.reactor.listenSSL(port, site, tls_options, interface=address))
+                else:
+                    self.ports.append(self.reactor.listenTCP(port, site, interface=address))
                 dual_stack = dual_stack or address == "::"
             except CannotListenError:
                 # "::" usually covers IPv4 too, so 0.0.0.0 on the same port then fails.
@@ -178,6 +200,8 @@ class Homeserver:
             logger.warning("shutdown: requests still running after %.0fs, closing anyway", SHUTDOWN_GRACE_SECONDS)
         else:
             timeout.cancel()
+        if self.federation is not None:
+            await self.federation.close()
 
     def stop(self) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._stop())
@@ -220,8 +244,8 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
 
     accounts = AccountRepository(db)
-    devices_repo = DeviceRepository(db)
     tokens = TokenRepository(db)
+    devices_repo = DeviceRepository(db, tokens)
     reg_tokens = RegistrationTokenRepository(db)
 
     auth_cfg = config
@@ -413,6 +437,41 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
     services.account.on_deactivated = leave_all_rooms
     authenticate = RequestAuthenticator(auth)
 
+    # -- media repository (homeserver/media, homeserver/api/media) ----------------------
+    media = MediaService(
+        server_name=config.server_name,
+        clock=clock,
+        repo=MediaRepository(db),
+        backend=LocalDiskBackend(config.media_store_path, run_in_thread=run_in_thread),
+        remote=NoRemoteMedia(),  # until federation: remote media IDs are 404
+        rules=MediaRules.from_config(config),
+        create_limiter=Ratelimiter(clock, _rate(rc.rc_media_create)),
+        run_in_thread=run_in_thread,
+    )
+    url_previews = None
+    if config.url_preview_enabled:
+        url_previews = PreviewService(
+            clock=clock,
+            http=SafeHttpClient(
+                reactor=reactor,
+                policy=IPPolicy(config.url_preview_ip_range_blacklist, config.url_preview_ip_range_whitelist),
+                resolve=threaded_resolver(run_in_thread),
+                max_size=config.max_spider_size,
+            ),
+            media=media,
+            max_image_pixels=config.max_image_pixels,
+        )
+
+    def media_routes(router: Router) -> None:
+        media_api.register(router, authenticate=authenticate, media=media, previews=url_previews)
+
+    def media_admin_routes(router: Router) -> None:
+        media_admin_api.register(
+            router, authenticate=authenticate, require_admin=services.admin.require_admin, media=media
+        )
+
+    # -- end of media repository --------------------------------------------------------
+
     def client_routes(router: Router) -> None:
         versions_api.register(
             router,
@@ -438,6 +497,7 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
         admin_register.register(
             router, authenticate=authenticate, registration=registration, login=login, admin=services.admin
         )
+        media_admin_routes(router)  # Synapse's /_synapse/admin/v1 media API, with the other admin APIs
         rooms_api.register(
             router, authenticate=authenticate, rooms=rooms, messages=messages, parse_filter=filters.room_event_filter
         )
@@ -485,9 +545,16 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
         clock=clock,
         db=db,
         services=services,
-        route_groups={"client": client_routes, "health": versions_api.register_health},
+        route_groups={"client": client_routes, "health": versions_api.register_health, "media": media_routes},
         background=[task.LoopingCall(lambda: defer.ensureDeferred(uia.expire_old_sessions()))],
     )
+
+    # -- federation plumbing (homeserver/federation, homeserver/api/federation/keys.py) ---
+    federation = hs.federation = build_federation(config, reactor=reactor, clock=clock, db=db)
+    hs.route_groups["keys"] = lambda router: federation_keys_api.register(
+        router, own_keys=federation.local_keys, notary=federation.notary
+    )
+    # -- end of federation plumbing ------------------------------------------------------
     return hs
 
 

@@ -7,13 +7,22 @@ means "no federation", never "federate with everyone".
 
 ``ip_range_blacklist`` / ``ip_range_whitelist`` keep outbound requests away from private
 networks, with Synapse's default list of unroutable ranges.
+
+Two keys are ours, for closed federations (see homeserver.sample.yaml):
+``federation_pinned_keys`` fixes peers' signing keys in configuration, so their keys are
+never fetched over the network, and ``federation_static_routes`` sends traffic for a
+server name to a fixed host and port instead of using .well-known and DNS SRV discovery.
 """
 
 from __future__ import annotations
 
+import binascii
 import ipaddress
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from unpaddedbase64 import decode_base64
 
 from homeserver.config.reader import Reader
 from homeserver.core.ids import is_valid_server_name
@@ -63,6 +72,57 @@ class FederationSettings:
     federation_custom_ca_list: tuple[str, ...]
     ip_range_blacklist: tuple[str, ...]
     ip_range_whitelist: tuple[str, ...]
+    # server name -> key ID -> unpadded-base64 ed25519 public key
+    federation_pinned_keys: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # server name -> "host:port" to connect to (no .well-known, no SRV)
+    federation_static_routes: Mapping[str, str] = field(default_factory=dict)
+
+
+def _is_ed25519_key(value: str) -> bool:
+    try:
+        return len(decode_base64(value)) == 32
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _read_pinned_keys(r: Reader) -> dict[str, dict[str, str]]:
+    section = r.section("federation_pinned_keys")
+    pinned: dict[str, dict[str, str]] = {}
+    for server_name in list(section.data):
+        name = str(server_name)
+        if not is_valid_server_name(name):
+            section.ignore(server_name)
+            section.error(name, "expected a server name such as example.com as the key")
+            continue
+        keys_section = section.section(name)
+        keys: dict[str, str] = {}
+        for key_id in list(keys_section.data):
+            value = keys_section.raw(key_id)
+            if not str(key_id).startswith("ed25519:") or len(str(key_id)) == len("ed25519:"):
+                keys_section.error(str(key_id), 'expected a key ID such as "ed25519:abc123"')
+            elif not isinstance(value, str) or not _is_ed25519_key(value):
+                keys_section.expected(str(key_id), "an unpadded-base64 ed25519 public key", value)
+            else:
+                keys[str(key_id)] = value
+        if not keys and not keys_section.data:
+            section.error(name, "expected at least one pinned key (key ID: base64 key)")
+        pinned[name] = keys
+    return pinned
+
+
+def _read_static_routes(r: Reader) -> dict[str, str]:
+    section = r.section("federation_static_routes")
+    routes: dict[str, str] = {}
+    for server_name in list(section.data):
+        name = str(server_name)
+        target = section.raw(server_name)
+        if not is_valid_server_name(name):
+            section.error(name, "expected a server name such as example.com as the key")
+        elif not isinstance(target, str) or not is_valid_server_name(target):
+            section.expected(name, 'a "host:port" address such as 10.1.2.3:8448', target)
+        else:
+            routes[name] = target
+    return routes
 
 
 def read_federation(r: Reader) -> FederationSettings:
@@ -104,4 +164,6 @@ def read_federation(r: Reader) -> FederationSettings:
             item_expected=_CIDR_EXPECTED,
             expected="a list of CIDR ranges",
         ),
+        federation_pinned_keys=_read_pinned_keys(r),
+        federation_static_routes=_read_static_routes(r),
     )

@@ -12,6 +12,7 @@ Durations are in milliseconds, sizes in bytes, paths absolute.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -22,7 +23,13 @@ from homeserver.config.emailconfig import EmailConfig, read_email
 from homeserver.config.federation import DEFAULT_IP_RANGE_BLACKLIST, read_federation
 from homeserver.config.keys import TrustedKeyServer, read_keys
 from homeserver.config.listeners import ListenerConfig, read_listeners
-from homeserver.config.media import read_media
+from homeserver.config.media import (
+    DEFAULT_THUMBNAIL_SIZES,
+    MediaRetention,
+    MediaUploadLimit,
+    ThumbnailSize,
+    read_media,
+)
 from homeserver.config.ratelimiting import (
     DEFAULT_RATE_LIMITS as _RL,
 )
@@ -120,11 +127,25 @@ class HomeserverConfig:
     federation_custom_ca_list: tuple[str, ...] = ()
     ip_range_blacklist: tuple[str, ...] = DEFAULT_IP_RANGE_BLACKLIST
     ip_range_whitelist: tuple[str, ...] = ()
+    federation_pinned_keys: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    federation_static_routes: Mapping[str, str] = field(default_factory=dict)
 
     # -- sizes and media (media.py) ----------------------------------------------------
     max_request_size: int = parse_size("10M")
     max_upload_size: int = parse_size("50M")
     media_store_path: str = "media_store"
+    max_image_pixels: int = parse_size("32M")
+    dynamic_thumbnails: bool = False
+    thumbnail_sizes: tuple[ThumbnailSize, ...] = DEFAULT_THUMBNAIL_SIZES
+    max_pending_media_uploads: int = 5
+    unused_expiration_time: int = parse_duration("24h")
+    media_upload_limits: tuple[MediaUploadLimit, ...] = ()
+    media_retention: MediaRetention = MediaRetention()
+    enable_authenticated_media: bool = False
+    url_preview_enabled: bool = False
+    url_preview_ip_range_blacklist: tuple[str, ...] = DEFAULT_IP_RANGE_BLACKLIST
+    url_preview_ip_range_whitelist: tuple[str, ...] = ()
+    max_spider_size: int = parse_size("10M")
 
     # -- rooms, profiles, user directory (rooms.py) ------------------------------------
     default_room_version: str = DEFAULT_ROOM_VERSION
@@ -245,9 +266,23 @@ class HomeserverConfig:
             federation_custom_ca_list=federation.federation_custom_ca_list,
             ip_range_blacklist=federation.ip_range_blacklist,
             ip_range_whitelist=federation.ip_range_whitelist,
+            federation_pinned_keys=federation.federation_pinned_keys,
+            federation_static_routes=federation.federation_static_routes,
             max_request_size=media.max_request_size,
             max_upload_size=media.max_upload_size,
             media_store_path=media.media_store_path,
+            max_image_pixels=media.max_image_pixels,
+            dynamic_thumbnails=media.dynamic_thumbnails,
+            thumbnail_sizes=media.thumbnail_sizes,
+            max_pending_media_uploads=media.max_pending_media_uploads,
+            unused_expiration_time=media.unused_expiration_time,
+            media_upload_limits=media.media_upload_limits,
+            media_retention=media.media_retention,
+            enable_authenticated_media=media.enable_authenticated_media,
+            url_preview_enabled=media.url_preview_enabled,
+            url_preview_ip_range_blacklist=media.url_preview_ip_range_blacklist,
+            url_preview_ip_range_whitelist=media.url_preview_ip_range_whitelist,
+            max_spider_size=media.max_spider_size,
             default_room_version=rooms.default_room_version,
             encryption_enabled_by_default_for_room_type=rooms.encryption_enabled_by_default_for_room_type,
             require_auth_for_profile_requests=rooms.require_auth_for_profile_requests,

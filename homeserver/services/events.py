@@ -8,6 +8,7 @@ will be applied to, persisted, then announced to waiting /sync requests.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -187,27 +188,33 @@ class RoomEventService:
         auth_ids = sorted({state_before[k] for k in auth_keys if k in state_before})
         if room_id is None and event_type != "m.room.create":
             raise MatrixError(400, Codes.INVALID_PARAM, "room_id is required")
-        try:
-            event = build_event(
-                room_version,
-                room_id=room_id,
-                type=event_type,
-                sender=sender,
-                content=content,
-                state_key=state_key,
-                prev_event_ids=prev_ids[-20:],
-                auth_event_ids=auth_ids,
-                depth=depth,
-                origin_server_ts=self._clock.time_msec(),
-                redacts=redacts,
-                server_name=self.server_name,
-                signing_key=self._signing_key,
-            )
-            check_event_format(room_version, event)
-        except MatrixError:
-            raise
-        except ValueError as e:  # canonical JSON: floats, out-of-range integers
-            raise MatrixError(400, Codes.BAD_JSON, f"Invalid event content: {e}") from None
+        version = room_version
+
+        def build(ts: int) -> Event:
+            try:
+                built = build_event(
+                    version,
+                    room_id=room_id,
+                    type=event_type,
+                    sender=sender,
+                    content=content,
+                    state_key=state_key,
+                    prev_event_ids=prev_ids[-20:],
+                    auth_event_ids=auth_ids,
+                    depth=depth,
+                    origin_server_ts=ts,
+                    redacts=redacts,
+                    server_name=self.server_name,
+                    signing_key=self._signing_key,
+                )
+                check_event_format(version, built)
+            except MatrixError:
+                raise
+            except ValueError as e:  # canonical JSON: floats, out-of-range integers
+                raise MatrixError(400, Codes.BAD_JSON, f"Invalid event content: {e}") from None
+            return built
+
+        event = build(self._clock.time_msec())
         auth_events = await self._auth_events_for(room_version, event, state_before)
         try:
             check_auth_rules(room_version, event, auth_events)
@@ -227,10 +234,15 @@ class RoomEventService:
                 after[event.state_key_tuple] = event.event_id
             current_delta = {k: v for k, v in after.items() if current.get(k) != v}
             current_delta.update({k: None for k in current if k not in after})
-        if is_create and not await self._events.store_room(
-            event.room_id, room_version.identifier, sender, self._clock.time_msec()
-        ):
-            raise MatrixError(400, Codes.ROOM_IN_USE, "Room already exists")
+        if is_create:
+            # A v12 room ID is the create event's hash: two rooms created by one user in
+            # the same millisecond collide.  Nudge the timestamp and try again (as Synapse does).
+            for attempt in range(6):
+                if await self._events.store_room(event.room_id, room_version.identifier, sender, self._clock.time_msec()):
+                    break
+                if attempt == 5 or not room_version.room_id_from_create_event:
+                    raise MatrixError(400, Codes.ROOM_IN_USE, "Room already exists")
+                event = build(event.origin_server_ts + 1 + secrets.randbelow(10))
         result = await self._events.persist_event(
             event,
             state_before=before_ref,

@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from twisted.internet import defer
+
 from homeserver.core.clock import Clock
 from homeserver.services.auth import Requester
 from homeserver.services.ephemeral import ReceiptService, TypingService
@@ -21,11 +23,13 @@ from homeserver.services.streams import StreamToken
 from homeserver.services.userdata import AccountDataService
 from homeserver.storage.events import EventRepository, StoredEvent
 from homeserver.storage.receipts import ReceiptRepository
-from homeserver.storage.rooms import RoomRepository
+from homeserver.storage.rooms import Membership, RoomRepository
 from homeserver.storage.state import StateMap, StateRepository
 from homeserver.storage.timeline import TimelineRepository, TopoKey
 
 DEFAULT_TIMELINE_LIMIT = 10
+# Rooms of one /sync computed at the same time.
+_ROOM_CONCURRENCY = 8
 MAX_TIMEOUT_MS = 5 * 60 * 1000
 STRIPPED_STATE_TYPES = (
     "m.room.create",
@@ -167,22 +171,19 @@ class SyncService:
         rooms_with_events = (
             await self._timeline.rooms_with_events_between(joined, since.events, now.events) if since else set(joined)
         )
+        joined_work = []
         for m in memberships:
             if not req.filter.room_included(m.room_id):
                 continue
             if m.stream_ordering > now.events:
                 continue  # changed after our upper token: next time
             if m.membership == "join":
-                newly = since is not None and m.room_id in changed and await self._was_not_joined(m.room_id, user_id, since)
-                room = await self._joined_room(
-                    req, m.room_id, since if not newly and not req.full_state else None, now,
-                    has_events=m.room_id in rooms_with_events or newly or req.full_state,
-                    account_data=room_data.get(m.room_id, []),
-                    receipt=receipts.get(m.room_id),
-                )
-                if room is not None:
-                    body["rooms"]["join"][m.room_id] = room
-            elif m.membership == "invite":
+                if since is not None and m.room_id not in rooms_with_events and m.room_id not in changed:
+                    if not (self._typing.typing_event(m.room_id, since.typing) or receipts.get(m.room_id)
+                            or room_data.get(m.room_id) or req.full_state):
+                        continue  # nothing new in this room: skip it without a query
+                joined_work.append(m)
+            if m.membership == "invite":
                 if since is None or m.room_id in changed:
                     body["rooms"]["invite"][m.room_id] = await self._invited_room(m.room_id, m.event_id)
             elif m.membership == "knock":
@@ -200,6 +201,27 @@ class SyncService:
                     body["rooms"]["leave"][m.room_id] = await self._left_room(
                         req, m.room_id, m.event_id, m.stream_ordering, since
                     )
+        # Rooms are independent: compute them concurrently (bounded, to spare the pool).
+        limiter = defer.DeferredSemaphore(_ROOM_CONCURRENCY)
+
+        async def sync_joined_room(m: Membership) -> None:
+            newly = since is not None and m.room_id in changed and await self._was_not_joined(m.room_id, user_id, since)
+            room = await self._joined_room(
+                req, m.room_id, since if not newly and not req.full_state else None, now,
+                has_events=m.room_id in rooms_with_events or newly or req.full_state,
+                account_data=room_data.get(m.room_id, []),
+                receipt=receipts.get(m.room_id),
+            )
+            if room is not None:
+                body["rooms"]["join"][m.room_id] = room
+
+        def run(m: Membership) -> defer.Deferred[None]:
+            return limiter.run(lambda: defer.ensureDeferred(sync_joined_room(m)))
+
+        try:
+            await defer.gatherResults([run(m) for m in joined_work], consumeErrors=True)
+        except defer.FirstError as e:
+            e.subFailure.raiseException()
         for extension in self.extensions:
             await extension(req.requester, since, now, body)
         return body
@@ -272,7 +294,7 @@ class SyncService:
         )
         state_ids: StateMap = {}
         if since is None:
-            current = await self._state_at_stream(room_id, now.events)
+            current = {} if timeline else await self._state_at_stream(room_id, now.events)
             state_ids = await self._state_at_timeline_start(timeline, current)
         elif limited:
             at_since = await self._state_at_stream(room_id, since.events)
@@ -291,8 +313,7 @@ class SyncService:
         timeline_json = await self._presenter.serialize(
             timeline, user_id=user_id, device_id=req.requester.device_id
         )
-        read_upto = await self._receipt_store.latest_read_stream(user_id, room_id)
-        notifications, highlights = await self._receipt_store.unread_counts(user_id, room_id, read_upto)
+        notifications, highlights = await self._receipt_store.unread_counts(user_id, room_id)
         room: dict[str, Any] = {
             "timeline": {"events": timeline_json, "limited": limited, "prev_batch": prev_batch},
             "state": {"events": state_json},

@@ -88,6 +88,8 @@ class AccountDataService:
         self._notifier = notifier
         self._repo = account_data
         self._rooms = rooms
+        # Stored filters never change: /sync reads them on every request.
+        self._filters: dict[tuple[str, int], dict[str, Any]] = {}
 
     async def put(self, requester_id: str, user_id: str, room_id: str, data_type: str, content: Any) -> None:
         if requester_id != user_id:
@@ -157,7 +159,13 @@ class AccountDataService:
             fid = int(filter_id)
         except ValueError:
             raise not_found("No such filter") from None
+        cached = self._filters.get((user_id, fid))
+        if cached is not None:
+            return cached
         found = await self._repo.get_filter(user_id, fid)
         if found is None:
             raise not_found("No such filter")
+        if len(self._filters) > 10_000:
+            self._filters.clear()
+        self._filters[(user_id, fid)] = found
         return found

@@ -6,6 +6,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from homeserver.storage.database import Database, Transaction
+from homeserver.storage.tokens import TokenRepository
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +52,11 @@ def delete_device_data_txn(txn: Transaction, user_id: str, device_ids: Collectio
 
 
 class DeviceRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, tokens: TokenRepository) -> None:
         self._db = db
-        # Called with (user_id, deleted device IDs) once a deletion has committed.
-        self.deleted_listeners: list[Callable[[str, list[str]], None]] = []
+        # Called with (user_id, deleted device IDs) once a deletion has committed.  The
+        # token cache is always told: a deleted device's tokens must stop working at once.
+        self.deleted_listeners: list[Callable[[str, list[str]], None]] = [tokens.forget_user]
 
     def _announce(self, txn: Transaction, user_id: str, device_ids: list[str]) -> None:
         if device_ids:

@@ -105,14 +105,16 @@ class ReceiptRepository:
             ),
         )
 
-    async def unread_counts(self, user_id: str, room_id: str, after_stream: int) -> tuple[int, int]:
-        """(notification_count, highlight_count) of events after ``after_stream``."""
+    async def unread_counts(self, user_id: str, room_id: str) -> tuple[int, int]:
+        """(notification_count, highlight_count) of events after the user's read receipt."""
         row = await self._db.run_interaction(
             "unread_counts",
             lambda txn: txn.select_one(
                 "SELECT COALESCE(SUM(notif), 0), COALESCE(SUM(highlight), 0) FROM event_push_actions"
-                " WHERE user_id = ? AND room_id = ? AND stream_ordering > ?",
-                (user_id, room_id, after_stream),
+                " WHERE user_id = ? AND room_id = ? AND stream_ordering > COALESCE(("
+                " SELECT MAX(event_stream_ordering) FROM receipts WHERE user_id = ? AND room_id = ?"
+                " AND receipt_type IN ('m.read', 'm.read.private')), 0)",
+                (user_id, room_id, user_id, room_id),
             ),
         )
         return (int(row[0]), int(row[1])) if row else (0, 0)

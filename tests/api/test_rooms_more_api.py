@@ -121,3 +121,16 @@ async def test_deactivated_user_leaves_rooms(server: HSFixture) -> None:
     assert done.code == 200
     joined = (await alice.get(f"{V3}/rooms/{room_id}/joined_members")).body["joined"]
     assert list(joined) == ["@alice:test.local"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_room_creation(server: HSFixture) -> None:
+    """v12 room IDs hash the create event: rooms created in the same millisecond must not collide."""
+    from twisted.internet import defer
+
+    alice = await user(server, "alice")
+    results = await defer.gatherResults(
+        [defer.ensureDeferred(alice.post(f"{V3}/createRoom", {})) for _ in range(12)]
+    )
+    assert [r.code for r in results] == [200] * 12
+    assert len({r.body["room_id"] for r in results}) == 12

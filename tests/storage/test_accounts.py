@@ -34,7 +34,8 @@ async def test_deactivate_clears_password(db: Database) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_devices_and_their_tokens(db: Database) -> None:
-    accounts, devices, tokens = AccountRepository(db), DeviceRepository(db), TokenRepository(db)
+    accounts, tokens = AccountRepository(db), TokenRepository(db)
+    devices = DeviceRepository(db, tokens)
     await accounts.create_user("@alice:test", "hash", 1)
     assert await devices.store_device("@alice:test", "DEV1", "Phone", 1)
     assert not await devices.store_device("@alice:test", "DEV1", "Other name", 2)

@@ -1,0 +1,1 @@
+"""Server-Server API servlets (``keys``: the key server and notary)."""

@@ -152,7 +152,6 @@ def test_synapse_style_homeserver_yaml(tmp_path: Path) -> None:
         "email.enable_notifs: not supported yet, ignored",
         "form_secret: not supported yet, ignored",
         "macaroon_secret_key: not supported yet, ignored",
-        "url_preview_enabled: not supported yet, ignored",
     ]
     assert config.server_name == "gov.example"
     assert config.public_baseurl == "https://matrix.gov.example/"
