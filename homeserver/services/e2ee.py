@@ -230,9 +230,13 @@ class E2EKeyService:
     async def device_list_delta(self, user_id: str, since: StreamToken, now: StreamToken) -> tuple[set[str], set[str]]:
         """(changed, left) between two tokens: users whose devices changed and who share a
         room with ``user_id``, users who newly share a room, and users no longer sharing any."""
+        if since.device_lists >= now.device_lists and since.events >= now.events:
+            return set(), set()
         shared = await self._shared_users(user_id)
         changed = await self._keys.users_changed_between(shared, since.device_lists, now.device_lists)
         left: set[str] = set()
+        if since.events >= now.events:
+            return changed, left
         for room_id, membership, _event_id, _stream in await self._rooms.membership_changes_since(
             user_id, since.events, now.events
         ):

@@ -90,7 +90,7 @@ class PresenceService:
         return content
 
     async def sync_extension(self, requester: Requester, since: StreamToken | None, now: StreamToken, body: dict[str, Any]) -> None:
-        if not self.enabled:
+        if not self.enabled or (since is not None and since.presence >= now.presence):
             return
         users = await self._rooms.shared_room_users(requester.user_id)
         if not users:

@@ -150,7 +150,13 @@ class SyncService:
         }
         after_ad = since.account_data if since else 0
         room_data: dict[str, list[dict[str, Any]]] = {}
-        for room_id, data_type, content in await self._account_data.changed_since(user_id, after_ad, now.account_data):
+        # A stream that has not moved since the client's token needs no query.
+        account_data = (
+            await self._account_data.changed_since(user_id, after_ad, now.account_data)
+            if after_ad < now.account_data
+            else []
+        )
+        for room_id, data_type, content in account_data:
             event = {"type": data_type, "content": content}
             if room_id:
                 room_data.setdefault(room_id, []).append(event)
@@ -159,14 +165,17 @@ class SyncService:
 
         memberships = await self._rooms.rooms_for_user(user_id, ("join", "invite", "leave", "ban", "knock"))
         changed: dict[str, list[tuple[str, str, int]]] = {}
-        if since is not None:
+        if since is not None and since.events < now.events:
             for room_id, membership, event_id, stream in await self._rooms.membership_changes_since(
                 user_id, since.events, now.events
             ):
                 changed.setdefault(room_id, []).append((membership, event_id, stream))
         joined = [m.room_id for m in memberships if m.membership == "join" and req.filter.room_included(m.room_id)]
-        receipts = await self._receipts.receipt_events(
-            joined, user_id, since.receipts if since else 0, now.receipts
+        after_receipts = since.receipts if since else 0
+        receipts = (
+            await self._receipts.receipt_events(joined, user_id, after_receipts, now.receipts)
+            if after_receipts < now.receipts
+            else {}
         )
         rooms_with_events = (
             await self._timeline.rooms_with_events_between(joined, since.events, now.events) if since else set(joined)

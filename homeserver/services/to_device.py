@@ -80,6 +80,9 @@ class ToDeviceService:
             return
         if since is not None and since.to_device > 0:
             await self._inbox.delete_upto(requester.user_id, device_id, since.to_device)
+        if since is not None and since.to_device >= now.to_device:
+            body["to_device"] = {"events": []}
+            return  # everything up to now was delivered and is now acknowledged
         messages, reached = await self._inbox.get_messages(
             requester.user_id, device_id, now.to_device, MAX_MESSAGES_PER_SYNC
         )
