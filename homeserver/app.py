@@ -546,7 +546,10 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
         db=db,
         services=services,
         route_groups={"client": client_routes, "health": versions_api.register_health, "media": media_routes},
-        background=[task.LoopingCall(lambda: defer.ensureDeferred(uia.expire_old_sessions()))],
+        background=[
+            task.LoopingCall(lambda: defer.ensureDeferred(uia.expire_old_sessions())),
+            task.LoopingCall(media.housekeeping_task()),
+        ],
     )
 
     # -- federation plumbing (homeserver/federation, homeserver/api/federation/keys.py) ---
