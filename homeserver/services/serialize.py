@@ -29,6 +29,10 @@ def client_event(
     out = {k: v for k, v in source.items() if k not in _FEDERATION_ONLY and k != "unsigned"}
     out["event_id"] = event.event_id
     out["room_id"] = event.room_id
+    if event.type == "m.room.redaction" and "redacts" not in out and event.redacts is not None:
+        # v11+ moved `redacts` into content; clients (matrix-nio, matrix-js-sdk) still read
+        # the top-level key, which Synapse keeps serving in every room version.
+        out["redacts"] = event.redacts
     if not include_room_id:
         out.pop("room_id", None)
     unsigned: dict[str, Any] = {"age": max(0, now_ms - event.origin_server_ts)}

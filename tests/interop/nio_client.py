@@ -6,6 +6,7 @@ server says exactly what the client sent and what it got back.
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -44,7 +45,8 @@ class RecordingClient(AsyncClient):  # type: ignore[misc]
     async def parse_body(self, transport_response: Any) -> dict[Any, Any]:
         body: dict[Any, Any] = await super().parse_body(transport_response)
         if self.exchanges:
-            self.exchanges[-1].update(status=transport_response.status, response_body=body)
+            # A copy: nio's parsers pop keys out of the body they are given.
+            self.exchanges[-1].update(status=transport_response.status, response_body=copy.deepcopy(body))
         return body
 
     @property
