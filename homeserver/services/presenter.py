@@ -36,7 +36,9 @@ class EventPresenter:
         self._timeline = timeline
         self._rooms = rooms
 
-    async def filter_visible(self, user_id: str, stored: list[StoredEvent]) -> list[StoredEvent]:
+    async def filter_visible(
+        self, user_id: str, stored: list[StoredEvent], *, memberships: dict[str, str | None] | None = None
+    ) -> list[StoredEvent]:
         """Drop the events ``user_id`` may not see under the rooms' history visibility.
 
         The rules use the state after each event: a member at that point sees it;
@@ -46,7 +48,7 @@ class EventPresenter:
         if not stored:
             return []
         groups = await self._state.get_groups_for_events([s.event.event_id for s in stored])
-        current: dict[str, str | None] = {}
+        current: dict[str, str | None] = dict(memberships or {})
         out = []
         for item in stored:
             event = item.event
@@ -99,7 +101,8 @@ class EventPresenter:
         redaction_ids = {s.redacted_by for s in items if s.redacted_by}
         replaced_ids = {s.replaces_state for s in items if s.replaces_state}
         related = await self._events.get_events(list(redaction_ids | replaced_ids))
-        txn_ids = await self._events.get_txn_ids(ids) if user_id and device_id else {}
+        own = [s.event.event_id for s in items if s.event.sender == user_id]
+        txn_ids = await self._events.get_txn_ids(own) if own and device_id else {}
         all_relations = await self._timeline.relations_of_many(ids) if with_relations else {}
         out = []
         for item in items:

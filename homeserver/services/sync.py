@@ -244,8 +244,9 @@ class SyncService:
         return at is not None and at[0] in ("join", "invite", "knock")
 
     async def _timeline_section(
-        self, req: SyncRequest, room_id: str, after: int | None, upto: int
+        self, req: SyncRequest, room_id: str, after: int | None, upto: int, membership: str | None = None
     ) -> tuple[list[StoredEvent], bool, str]:
+        memberships: dict[str, str | None] | None = {room_id: membership} if membership is not None else None
         limit = req.filter.timeline_limit(DEFAULT_TIMELINE_LIMIT)
         items, limited = await self._timeline.recent_event_ids(room_id, after=after, upto=upto, limit=limit)
         fetched = await self._store.get_events([e for e, _, _ in items])
@@ -254,7 +255,7 @@ class SyncService:
             prev_batch = TopoKey(stored[0].event.depth, stored[0].stream_ordering).to_token()
         else:
             prev_batch = (await self._timeline.topo_key_for_stream(room_id, upto)).to_token()
-        visible = await self._presenter.filter_visible(req.requester.user_id, stored)
+        visible = await self._presenter.filter_visible(req.requester.user_id, stored, memberships=memberships)
         visible = [s for s in visible if req.filter.timeline_matches(client_event(s.event, now_ms=0))]
         return visible, limited, prev_batch
 
@@ -299,7 +300,7 @@ class SyncService:
         if since is not None and not has_events and not ephemeral and not account_data:
             return None
         timeline, limited, prev_batch = await self._timeline_section(
-            req, room_id, since.events if since else None, now.events
+            req, room_id, since.events if since else None, now.events, "join"
         )
         state_ids: StateMap = {}
         if since is None:
