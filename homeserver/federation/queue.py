@@ -125,7 +125,16 @@ class GiveUp:
     edu_count: int
 
 
-Action: TypeAlias = SendTransaction | ScheduleWakeup | MarkDelivered | SaveRetryState | GiveUp
+@dataclass(frozen=True, slots=True)
+class LoadPdus:
+    """Read up to ``limit`` stored PDUs from ``from_stream`` on, oldest first, and pass them
+    to :meth:`DestinationQueue.pdus_loaded` (or call ``pdus_load_failed``)."""
+
+    from_stream: int
+    limit: int
+
+
+Action: TypeAlias = SendTransaction | ScheduleWakeup | MarkDelivered | SaveRetryState | GiveUp | LoadPdus
 
 
 # -- policy ------------------------------------------------------------------------------------
@@ -188,6 +197,7 @@ class DestinationQueue:
     max_pdus: int = MAX_PDUS_PER_TRANSACTION
     max_edus: int = MAX_EDUS_PER_TRANSACTION
     max_durable_edus: int = 10_000
+    max_pdus_in_memory: int = 1_000
     failure_count: int = 0
     retry_at_ms: int = 0
 
@@ -203,6 +213,9 @@ class DestinationQueue:
     _txn_counter: int = 0
     _live_counter: int = 0
     _abandoned: list[int] = field(default_factory=list)
+    # PDUs from this stream position on are in storage only (None: all are in memory).
+    _stored_from: int | None = None
+    _loading: bool = False
 
     # -- observation ---------------------------------------------------------------------------
 
@@ -240,16 +253,23 @@ class DestinationQueue:
         txn_id_base: int,
         backoff: BackoffPolicy | None = None,
         max_durable_edus: int = 10_000,
+        max_pdus_in_memory: int = 1_000,
+        more_pdus_from: int | None = None,
     ) -> DestinationQueue:
-        """Rebuild a queue from storage; call :meth:`tick` next to get it going."""
+        """Rebuild a queue from storage; call :meth:`tick` next to get it going.
+
+        ``more_pdus_from``: storage holds more PDUs than ``pdus``, from that position on.
+        """
         queue = cls(
             destination,
             txn_id_base=txn_id_base,
             backoff=backoff or BackoffPolicy(),
             max_durable_edus=max_durable_edus,
+            max_pdus_in_memory=max_pdus_in_memory,
             failure_count=failure_count,
             retry_at_ms=retry_at_ms,
         )
+        queue._stored_from = more_pdus_from
         queue._enqueue_pdus(pdus)
         for edu in edus:
             if not edu.is_live_only:
@@ -275,6 +295,33 @@ class DestinationQueue:
             self._add_durable(edu)
             actions.extend(self._enforce_edu_bound())
         return actions + self._send_if_healthy()
+
+    def pdus_loaded(self, pdus: Iterable[Pdu], *, exhausted: bool) -> list[Action]:
+        """The answer to :class:`LoadPdus`; ``exhausted`` if storage had no more than these."""
+        if not self._loading:
+            return []
+        self._loading = False
+        loaded = sorted(pdus, key=lambda p: p.stream)
+        for pdu in loaded:
+            if pdu.stream not in self._known_streams:
+                self._known_streams.add(pdu.stream)
+                bisect.insort(self._pdus, pdu, key=lambda p: p.stream)
+        if exhausted or not loaded:
+            self._stored_from = None
+        else:
+            # What came in during the load past the last loaded PDU is in storage too.
+            self._stored_from = loaded[-1].stream + 1
+            while self._pdus and self._pdus[-1].stream >= self._stored_from:
+                self._known_streams.discard(self._pdus.pop().stream)
+        self._evict_overflow()
+        return self._send_if_healthy()
+
+    def pdus_load_failed(self, now_ms: int, retry_in_ms: int = 5_000) -> list[Action]:
+        """:class:`LoadPdus` failed (storage trouble): try again a little later."""
+        if not self._loading:
+            return []
+        self._loading = False
+        return [ScheduleWakeup(now_ms + retry_in_ms)]
 
     def transaction_sent(self, txn_id: str) -> list[Action]:
         """The destination accepted ``txn_id`` (a 200 answer)."""
@@ -337,14 +384,30 @@ class DestinationQueue:
     # -- internals -----------------------------------------------------------------------------
 
     def _enqueue_pdus(self, pdus: Iterable[Pdu]) -> None:
+        """Keep the oldest PDUs in memory, at most ``max_pdus_in_memory`` of them.
+
+        Every PDU given to the queue is already stored, so one past the memory bound is
+        simply left to a later :class:`LoadPdus`.
+        """
         for pdu in pdus:
             if pdu.stream in self._known_streams:
                 continue
+            if self._stored_from is not None and pdu.stream >= self._stored_from and not self._loading:
+                continue
             self._known_streams.add(pdu.stream)
             bisect.insort(self._pdus, pdu, key=lambda p: p.stream)
+        self._evict_overflow()
+
+    def _evict_overflow(self) -> None:
+        if self._loading:
+            return  # pdus_loaded sorts it out
+        while len(self._pdus) > self.max_pdus_in_memory:
+            newest = self._pdus.pop()
+            self._known_streams.discard(newest.stream)
+            self._stored_from = newest.stream
 
     def _has_pending(self) -> bool:
-        return bool(self._pdus) or self.pending_edu_count > 0
+        return bool(self._pdus) or self._stored_from is not None or self.pending_edu_count > 0
 
     def _send_if_healthy(self) -> list[Action]:
         if self.is_backing_off:
@@ -353,9 +416,12 @@ class DestinationQueue:
 
     def _send_next(self) -> list[Action]:
         """Send the failed transaction again, or the next batch; nothing if one is in flight."""
-        if self._awaiting_result:
+        if self._awaiting_result or self._loading:
             return []
         if self._in_flight is None:
+            if self._stored_from is not None and len(self._pdus) < self.max_pdus:
+                self._loading = True
+                return [LoadPdus(self._stored_from, self.max_pdus_in_memory)]
             self._in_flight = self._build_transaction()
             if self._in_flight is None:
                 return []
@@ -413,7 +479,7 @@ class DestinationQueue:
             room_id, receipt_type, user_id, _thread = key
             target = None
             for content in by_room.get(room_id, []):
-                if user_id not in content[room_id].setdefault(receipt_type, {}):
+                if user_id not in content[room_id].get(receipt_type, {}):
                     target = content
                     break
             if target is None:
@@ -432,6 +498,8 @@ class DestinationQueue:
         key: tuple[str, object] = (edu.edu_type, edu.key if edu.key is not None else self._live_counter)
         self._live.pop(key, None)
         self._live[key] = {"edu_type": edu.edu_type, "content": dict(edu.content)}
+        while len(self._live) > self.max_edus:  # stale by now anyway
+            self._live.popitem(last=False)
 
     def _add_durable(self, edu: Edu) -> None:
         ids = frozenset() if edu.edu_id is None else frozenset({edu.edu_id})

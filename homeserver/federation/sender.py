@@ -33,6 +33,7 @@ from homeserver.federation.queue import (
     Edu,
     ErrorKind,
     GiveUp,
+    LoadPdus,
     MarkDelivered,
     Pdu,
     SaveRetryState,
@@ -96,8 +97,15 @@ class QueueStore(Protocol):
 
     async def destinations_to_resume(self) -> list[str]: ...
 
+    async def get_pdus(self, destination: str, from_stream: int, limit: int) -> tuple[list[Pdu], bool]: ...
+
     async def load(
-        self, destination: str, *, txn_id_base: int, backoff: BackoffPolicy | None = None
+        self,
+        destination: str,
+        *,
+        txn_id_base: int,
+        backoff: BackoffPolicy | None = None,
+        max_pdus_in_memory: int = 1_000,
     ) -> DestinationQueue: ...
 
 
@@ -178,6 +186,7 @@ class FederationSender:
         self._queues: dict[str, DestinationQueue] = {}
         self._wakeups: dict[str, IDelayedCall] = {}
         self._tasks: set[defer.Deferred[None]] = set()
+        self._stopped = False
 
     async def start(self) -> None:
         """Resume every destination with something pending or a backoff running."""
@@ -190,7 +199,8 @@ class FederationSender:
             await self._execute(destination, queue.tick(now))
 
     def stop(self) -> None:
-        """Cancel the timers (transactions in flight finish on their own)."""
+        """Cancel the timers and set no more (transactions in flight finish on their own)."""
+        self._stopped = True
         for call in self._wakeups.values():
             if call.active():
                 call.cancel()
@@ -258,6 +268,8 @@ class FederationSender:
                     await self._repo.mark_delivered(destination, action.pdu_streams, action.edu_ids)
                 elif isinstance(action, SaveRetryState):
                     await self._repo.save_retry_state(destination, action.failure_count, action.retry_at_ms)
+                elif isinstance(action, LoadPdus):
+                    await self._load_pdus(destination, action)
                 elif isinstance(action, GiveUp):
                     logger.warning(
                         "dropped transaction %s to %s (%d PDUs, %d EDUs): %s",
@@ -270,6 +282,17 @@ class FederationSender:
             except Exception:
                 # Storage trouble: what was not forgotten is resent after a restart.
                 logger.exception("federation queue of %s: %r failed", destination, action)
+
+    async def _load_pdus(self, destination: str, action: LoadPdus) -> None:
+        queue = self._queues[destination]
+        try:
+            pdus, exhausted = await self._repo.get_pdus(destination, action.from_stream, action.limit)
+        except Exception:
+            logger.exception("federation queue of %s: cannot read queued PDUs", destination)
+            actions = queue.pdus_load_failed(self._clock.time_msec())
+        else:
+            actions = queue.pdus_loaded(pdus, exhausted=exhausted)
+        await self._execute(destination, actions)
 
     async def _send(self, destination: str, action: SendTransaction) -> None:
         queue = self._queues[destination]
@@ -304,6 +327,8 @@ class FederationSender:
         await self._execute(destination, actions)
 
     def _schedule(self, destination: str, at_ms: int) -> None:
+        if self._stopped:
+            return
         previous = self._wakeups.pop(destination, None)
         if previous is not None and previous.active():
             previous.cancel()

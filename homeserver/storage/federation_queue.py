@@ -141,31 +141,28 @@ class FederationQueueRepository:
 
         return await self._db.run_interaction("federation_destinations_to_resume", txn_fn)
 
+    async def get_pdus(self, destination: str, from_stream: int, limit: int) -> tuple[list[Pdu], bool]:
+        """Up to ``limit`` queued PDUs from ``from_stream`` on, oldest first; and whether
+        that was all of them."""
+        return await self._db.run_interaction(
+            "federation_get_queued_pdus", _select_pdus, destination, from_stream, limit
+        )
+
     async def load(
-        self, destination: str, *, txn_id_base: int, backoff: BackoffPolicy | None = None
+        self,
+        destination: str,
+        *,
+        txn_id_base: int,
+        backoff: BackoffPolicy | None = None,
+        max_pdus_in_memory: int = 1_000,
     ) -> DestinationQueue:
         """Rebuild the queue of ``destination`` as it was persisted (call ``tick`` next).
 
-        A queued PDU whose event is no longer in ``events`` is forgotten.
+        Reads the oldest ``max_pdus_in_memory`` PDUs; the queue asks for the rest later.
         """
 
-        def txn_fn(txn: Transaction) -> tuple[list[Pdu], list[Edu], RetryState]:
-            rows = txn.select_all(
-                "SELECT q.stream_ordering, q.event_id, e.json FROM federation_queue_pdus AS q"
-                " LEFT JOIN events AS e ON e.event_id = q.event_id"
-                " WHERE q.destination = ? ORDER BY q.stream_ordering",
-                (destination,),
-            )
-            pdus, missing = [], []
-            for stream, event_id, event_json in rows:
-                if event_json is None:
-                    missing.append((destination, stream))
-                else:
-                    pdus.append(Pdu(int(stream), json.loads(event_json), str(event_id)))
-            if missing:
-                txn.execute_many(
-                    "DELETE FROM federation_queue_pdus WHERE destination = ? AND stream_ordering = ?", missing
-                )
+        def txn_fn(txn: Transaction) -> tuple[list[Pdu], bool, list[Edu], RetryState]:
+            pdus, exhausted = _select_pdus(txn, destination, 0, max_pdus_in_memory)
             edus = [
                 Edu(str(edu_type), json.loads(content), None if key is None else str(key), int(edu_id))
                 for edu_id, edu_type, key, content in txn.select_all(
@@ -180,9 +177,9 @@ class FederationQueueRepository:
                 (destination,),
             )
             state = RetryState(0, 0, None) if row is None else RetryState(int(row[0]), int(row[1]), row[2])
-            return pdus, edus, state
+            return pdus, exhausted, edus, state
 
-        pdus, edus, state = await self._db.run_interaction("federation_load_queue", txn_fn)
+        pdus, exhausted, edus, state = await self._db.run_interaction("federation_load_queue", txn_fn)
         return DestinationQueue.restore(
             destination,
             pdus=pdus,
@@ -191,4 +188,25 @@ class FederationQueueRepository:
             retry_at_ms=state.retry_at_ms,
             txn_id_base=txn_id_base,
             backoff=backoff,
+            max_pdus_in_memory=max_pdus_in_memory,
+            more_pdus_from=None if exhausted or not pdus else pdus[-1].stream + 1,
         )
+
+
+def _select_pdus(txn: Transaction, destination: str, from_stream: int, limit: int) -> tuple[list[Pdu], bool]:
+    """Queued PDUs with their JSON; one whose event is no longer in ``events`` is forgotten."""
+    rows = txn.select_all(
+        "SELECT q.stream_ordering, q.event_id, e.json FROM federation_queue_pdus AS q"
+        " LEFT JOIN events AS e ON e.event_id = q.event_id"
+        " WHERE q.destination = ? AND q.stream_ordering >= ? ORDER BY q.stream_ordering LIMIT ?",
+        (destination, from_stream, limit),
+    )
+    pdus, missing = [], []
+    for stream, event_id, event_json in rows:
+        if event_json is None:
+            missing.append((destination, stream))
+        else:
+            pdus.append(Pdu(int(stream), json.loads(event_json), str(event_id)))
+    if missing:
+        txn.execute_many("DELETE FROM federation_queue_pdus WHERE destination = ? AND stream_ordering = ?", missing)
+    return pdus, len(rows) < limit

@@ -17,15 +17,21 @@ StateMap = dict[StateKey, str]
 StateDelta = Mapping[StateKey, "str | None"]
 
 SNAPSHOT_INTERVAL = 50
-_CACHE_SIZE = 512
+# The cache is bounded by the total number of state entries it holds (big rooms weigh
+# more), and by a number of groups.
+_CACHE_MAX_ENTRIES = 1_000_000
+_CACHE_MAX_GROUPS = 20_000
+_EVENT_GROUP_CACHE_SIZE = 200_000
 
 
 class StateGroupCache:
     """Bounded LRU of group -> full state; entries are never mutated once cached."""
 
-    def __init__(self, size: int = _CACHE_SIZE) -> None:
-        self._size = size
+    def __init__(self, max_entries: int = _CACHE_MAX_ENTRIES, max_groups: int = _CACHE_MAX_GROUPS) -> None:
+        self._max_entries = max_entries
+        self._max_groups = max_groups
         self._entries: OrderedDict[int, StateMap] = OrderedDict()
+        self._weight = 0
 
     def get(self, group: int) -> StateMap | None:
         state = self._entries.get(group)
@@ -34,10 +40,14 @@ class StateGroupCache:
         return state
 
     def put(self, group: int, state: StateMap) -> None:
+        previous = self._entries.pop(group, None)
+        if previous is not None:
+            self._weight -= len(previous)
         self._entries[group] = state
-        self._entries.move_to_end(group)
-        while len(self._entries) > self._size:
-            self._entries.popitem(last=False)
+        self._weight += len(state)
+        while self._entries and (self._weight > self._max_entries or len(self._entries) > self._max_groups):
+            _, evicted = self._entries.popitem(last=False)
+            self._weight -= len(evicted)
 
 
 def load_state_group_txn(txn: Transaction, group: int, cache: StateGroupCache) -> StateMap:
@@ -64,7 +74,9 @@ def load_state_group_txn(txn: Transaction, group: int, cache: StateGroupCache) -
                 state.pop((type_, state_key), None)
             else:
                 state[(type_, state_key)] = event_id
-        cache.put(g, dict(state) if g != group else state)
+    # Only the group asked for is cached: caching every group of the chain would keep up
+    # to SNAPSHOT_INTERVAL near-copies of a big room's state.
+    cache.put(group, state)
     return state
 
 
@@ -116,6 +128,8 @@ class StateRepository:
     def __init__(self, db: Database, cache: StateGroupCache) -> None:
         self._db = db
         self.cache = cache
+        # event -> state group after it: immutable once written, so safe to keep.
+        self._event_groups: OrderedDict[str, int] = OrderedDict()
 
     async def get_state(self, group: int) -> StateMap:
         cached = self.cache.get(group)
@@ -124,6 +138,18 @@ class StateRepository:
         return await self._db.run_interaction("load_state_group", load_state_group_txn, group, self.cache)
 
     async def get_groups_for_events(self, event_ids: list[str]) -> dict[str, int]:
+        known = {e: self._event_groups[e] for e in event_ids if e in self._event_groups}
+        missing = [e for e in event_ids if e not in known]
+        if missing:
+            fetched = await self._fetch_groups_for_events(missing)
+            for event_id, group in fetched.items():
+                self._event_groups[event_id] = group
+            while len(self._event_groups) > _EVENT_GROUP_CACHE_SIZE:
+                self._event_groups.popitem(last=False)
+            known.update(fetched)
+        return known
+
+    async def _fetch_groups_for_events(self, event_ids: list[str]) -> dict[str, int]:
         def txn_fn(txn: Transaction) -> dict[str, int]:
             out: dict[str, int] = {}
             for chunk_start in range(0, len(event_ids), 200):
