@@ -16,7 +16,9 @@ The rules (Server-Server API, "Transactions", and what Synapse does):
 * a 4xx answer other than 429 means the destination refuses that transaction: its PDUs
   and EDUs are dropped (:class:`GiveUp`) and the queue moves on;
 * while backing off, PDUs and durable EDUs accumulate; once the destination answers
-  again they go out oldest first (by stream position), 50 PDUs at a time;
+  again they go out oldest first (by stream position), 50 PDUs at a time.  Every PDU
+  handed to the queue must already be stored: past ``max_pdus_in_memory`` the newest
+  are left in storage and read back in order (:class:`LoadPdus`) as the queue drains;
 * live-only EDUs (typing) are dropped while backing off; device-list updates, to-device
   messages and receipts are kept, receipts coalesced per (room, type, user, thread),
   EDUs with a key coalesced per (type, key), all bounded by ``max_durable_edus``.

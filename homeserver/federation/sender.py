@@ -164,7 +164,8 @@ class FederationSender:
     """Delivers PDUs and EDUs to destinations, one :class:`DestinationQueue` each.
 
     Call :meth:`start` once before use: it resumes the queues storage remembers.
-    ``jitter`` returns the factor applied to each backoff delay.
+    ``jitter`` returns the factor applied to each backoff delay; ``max_pdus_in_memory``
+    bounds each queue's memory during a long outage (the rest is read back from storage).
     """
 
     def __init__(
@@ -176,12 +177,14 @@ class FederationSender:
         server_name: str,
         backoff: BackoffPolicy | None = None,
         jitter: Callable[[], float] | None = None,
+        max_pdus_in_memory: int = 1_000,
     ) -> None:
         self._clock = clock
         self._client = client
         self._repo = repo
         self._server_name = server_name
         self._backoff = backoff or BackoffPolicy()
+        self._max_pdus_in_memory = max_pdus_in_memory
         self._jitter = jitter or (lambda: random.uniform(0.8, 1.4))
         self._queues: dict[str, DestinationQueue] = {}
         self._wakeups: dict[str, IDelayedCall] = {}
@@ -194,7 +197,9 @@ class FederationSender:
         for destination in await self._repo.destinations_to_resume():
             if destination in self._queues or destination == self._server_name:
                 continue
-            queue = await self._repo.load(destination, txn_id_base=now, backoff=self._backoff)
+            queue = await self._repo.load(
+                destination, txn_id_base=now, backoff=self._backoff, max_pdus_in_memory=self._max_pdus_in_memory
+            )
             self._queues[destination] = queue
             await self._execute(destination, queue.tick(now))
 
@@ -253,7 +258,12 @@ class FederationSender:
     def _queue(self, destination: str) -> DestinationQueue:
         queue = self._queues.get(destination)
         if queue is None:
-            queue = DestinationQueue(destination, txn_id_base=self._clock.time_msec(), backoff=self._backoff)
+            queue = DestinationQueue(
+                destination,
+                txn_id_base=self._clock.time_msec(),
+                backoff=self._backoff,
+                max_pdus_in_memory=self._max_pdus_in_memory,
+            )
             self._queues[destination] = queue
         return queue
 

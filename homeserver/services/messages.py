@@ -77,11 +77,22 @@ class MessageService:
             return await self.redact(requester, room_id, redacts, content, txn_id=txn_id)
         if not await self._rooms.room_exists(room_id):
             raise not_found("Unknown room")
+        if event_type == "m.room.encryption" and state_key == "":
+            await self._check_encryption_not_weakened(room_id, content)
         txn = TxnIdInfo(requester.user_id, requester.device_id or "", txn_id) if txn_id is not None else None
         return await self._events.send(
             room_id=room_id, sender=requester.user_id, event_type=event_type, content=content,
             state_key=state_key, txn=txn,
         )
+
+    async def _check_encryption_not_weakened(self, room_id: str, content: dict[str, Any]) -> None:
+        """Once a room is encrypted it stays so: no removal, no change of algorithm."""
+        current = await self._events.current_state_event(room_id, "m.room.encryption")
+        algorithm = content.get("algorithm")
+        if not isinstance(algorithm, str) or not algorithm:
+            raise MatrixError(400, Codes.BAD_JSON, "Parameter algorithm must be a non-empty string")
+        if current is not None and current.content.get("algorithm") not in (None, algorithm):
+            raise forbidden("Encryption cannot be changed or turned off in a room once enabled")
 
     async def redact(
         self, requester: Requester, room_id: str, target_id: str, content: dict[str, Any], *, txn_id: str | None
@@ -90,6 +101,9 @@ class MessageService:
         target = await self._store.get_event(target_id)
         if target is None or target.event.room_id != room_id:
             raise not_found("Event not found")
+        if target.event.type == "m.room.encryption" and target.event.state_key == "":
+            # Redacting it would strip the algorithm from the room's encryption state.
+            raise forbidden("The encryption settings of a room cannot be redacted")
         if target.event.sender != requester.user_id:
             state = await self._events.current_state_events(
                 room_id, [("m.room.create", ""), ("m.room.power_levels", "")]

@@ -246,3 +246,31 @@ async def test_key_backup(server: HSFixture) -> None:
     assert (bad.code, bad.body["errcode"]) == (400, "M_BAD_JSON")
     assert (await c.delete(f"{V3}/room_keys/version/{version}")).code == 200
     assert (await c.get(f"{V3}/room_keys/version/{version}")).code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_encryption_is_never_weakened(server: HSFixture) -> None:
+    alice = await new_device(server, "alice", "ALICEDEV")
+    c = alice.client
+    room_id = await create_room(c, initial_state=[{"type": "m.room.encryption", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}])
+    for content in ({}, {"algorithm": "m.olm.v1.curve25519-aes-sha2"}, {"algorithm": ""}):
+        resp = await c.put(f"{V3}/rooms/{room_id}/state/m.room.encryption", content)
+        assert resp.code in (400, 403), (content, resp.body)
+    state_event = (await c.get(f"{V3}/rooms/{room_id}/state/m.room.encryption?format=event")).body
+    redact = await c.put(f"{V3}/rooms/{room_id}/redact/{state_event['event_id']}/r1", {})
+    assert redact.code == 403
+    # Re-sending the same algorithm (e.g. with new rotation settings) is allowed.
+    same = {"algorithm": "m.megolm.v1.aes-sha2", "rotation_period_ms": 604800000}
+    assert (await c.put(f"{V3}/rooms/{room_id}/state/m.room.encryption", same)).code == 200
+    current = (await c.get(f"{V3}/rooms/{room_id}/state/m.room.encryption")).body
+    assert current["algorithm"] == "m.megolm.v1.aes-sha2"
+
+
+@pytest_twisted.ensureDeferred
+async def test_encryption_by_default(make_server: Any) -> None:
+    server = make_server(encryption_enabled_by_default_for_room_type="invite")
+    alice = await new_device(server, "alice", "ALICEDEV")
+    private = await create_room(alice.client, preset="private_chat")
+    public = await create_room(alice.client, preset="public_chat")
+    assert (await alice.client.get(f"{V3}/rooms/{private}/state/m.room.encryption")).body["algorithm"] == "m.megolm.v1.aes-sha2"
+    assert (await alice.client.get(f"{V3}/rooms/{public}/state/m.room.encryption")).code == 404
