@@ -27,6 +27,7 @@ from homeserver.api.client import sync as sync_api
 from homeserver.api.client import userdata as userdata_api
 from homeserver.api.client import versions as versions_api
 from homeserver.api.federation import keys as federation_keys_api
+from homeserver.api.federation import queries as federation_queries_api
 from homeserver.api.media import admin as media_admin_api
 from homeserver.api.media import media as media_api
 from homeserver.config import HomeserverConfig
@@ -558,6 +559,41 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
         router, own_keys=federation.local_keys, notary=federation.notary
     )
     # -- end of federation plumbing ------------------------------------------------------
+
+    # -- federation queries (homeserver/api/federation/queries.py) -----------------------
+    def add_to_group(name: str, add_routes: Callable[[Router], None]) -> None:
+        previous = hs.route_groups.get(name)
+
+        def both(router: Router) -> None:
+            if previous is not None:
+                previous(router)
+            add_routes(router)
+
+        hs.route_groups[name] = both
+
+    add_to_group(
+        "federation",
+        lambda router: federation_queries_api.register(
+            router,
+            server_name=config.server_name,
+            authenticator=federation.authenticator,
+            profiles=profiles,
+            aliases=rooms,
+            keys=e2e_keys,
+            directory=directory,
+        ),
+    )
+    add_to_group(
+        "client",
+        lambda router: federation_queries_api.register_whitelist(
+            router,
+            authenticate=authenticate,
+            enabled=config.federation_whitelist_endpoint_enabled,
+            whitelist=config.federation_domain_whitelist,
+            allow_open=config.federation_allow_open,
+        ),
+    )
+    # -- end of federation queries -------------------------------------------------------
     return hs
 
 

@@ -12,6 +12,9 @@ Two keys are ours, for closed federations (see homeserver.sample.yaml):
 ``federation_pinned_keys`` fixes peers' signing keys in configuration, so their keys are
 never fetched over the network, and ``federation_static_routes`` sends traffic for a
 server name to a fixed host and port instead of using .well-known and DNS SRV discovery.
+
+``federation_whitelist_endpoint_enabled`` (Synapse's, default false) serves the allowlist
+to signed-in users at ``/_synapse/client/v1/config/federation_whitelist``.
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ class FederationSettings:
     federation_pinned_keys: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     # server name -> "host:port" to connect to (no .well-known, no SRV)
     federation_static_routes: Mapping[str, str] = field(default_factory=dict)
+    # serve Synapse's GET /_synapse/client/v1/config/federation_whitelist to signed-in users
+    federation_whitelist_endpoint_enabled: bool = False
 
 
 def _is_ed25519_key(value: str) -> bool:
@@ -166,4 +171,5 @@ def read_federation(r: Reader) -> FederationSettings:
         ),
         federation_pinned_keys=_read_pinned_keys(r),
         federation_static_routes=_read_static_routes(r),
+        federation_whitelist_endpoint_enabled=r.boolean("federation_whitelist_endpoint_enabled", False),
     )

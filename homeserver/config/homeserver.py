@@ -129,6 +129,7 @@ class HomeserverConfig:
     ip_range_whitelist: tuple[str, ...] = ()
     federation_pinned_keys: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     federation_static_routes: Mapping[str, str] = field(default_factory=dict)
+    federation_whitelist_endpoint_enabled: bool = False
 
     # -- sizes and media (media.py) ----------------------------------------------------
     max_request_size: int = parse_size("10M")
@@ -268,6 +269,7 @@ class HomeserverConfig:
             ip_range_whitelist=federation.ip_range_whitelist,
             federation_pinned_keys=federation.federation_pinned_keys,
             federation_static_routes=federation.federation_static_routes,
+            federation_whitelist_endpoint_enabled=federation.federation_whitelist_endpoint_enabled,
             max_request_size=media.max_request_size,
             max_upload_size=media.max_upload_size,
             media_store_path=media.media_store_path,

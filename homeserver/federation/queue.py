@@ -218,6 +218,7 @@ class DestinationQueue:
     # PDUs from this stream position on are in storage only (None: all are in memory).
     _stored_from: int | None = None
     _loading: bool = False
+    _wakeup_requested: bool = False  # a ScheduleWakeup is out and tick not called since
 
     # -- observation ---------------------------------------------------------------------------
 
@@ -308,22 +309,22 @@ class DestinationQueue:
             if pdu.stream not in self._known_streams:
                 self._known_streams.add(pdu.stream)
                 bisect.insort(self._pdus, pdu, key=lambda p: p.stream)
-        if exhausted or not loaded:
+        if exhausted:
             self._stored_from = None
-        else:
+        elif loaded:
             # What came in during the load past the last loaded PDU is in storage too.
             self._stored_from = loaded[-1].stream + 1
             while self._pdus and self._pdus[-1].stream >= self._stored_from:
                 self._known_streams.discard(self._pdus.pop().stream)
         self._evict_overflow()
-        return self._send_if_healthy()
+        return self._send_next()  # a load is only asked for when a transaction may go
 
     def pdus_load_failed(self, now_ms: int, retry_in_ms: int = 5_000) -> list[Action]:
         """:class:`LoadPdus` failed (storage trouble): try again a little later."""
         if not self._loading:
             return []
         self._loading = False
-        return [ScheduleWakeup(now_ms + retry_in_ms)]
+        return [self._wakeup(now_ms + retry_in_ms)]
 
     def transaction_sent(self, txn_id: str) -> list[Action]:
         """The destination accepted ``txn_id`` (a 200 answer)."""
@@ -367,7 +368,7 @@ class DestinationQueue:
             delay = self.backoff.delay_ms(self.failure_count, jitter)
         self.retry_at_ms = now_ms + delay
         self._live.clear()
-        return [SaveRetryState(self.failure_count, self.retry_at_ms), ScheduleWakeup(self.retry_at_ms)]
+        return [SaveRetryState(self.failure_count, self.retry_at_ms), self._wakeup(self.retry_at_ms)]
 
     def tick(self, now_ms: int) -> list[Action]:
         """Time has passed: retry if the backoff is over (or ask to be woken when it is)."""
@@ -375,10 +376,11 @@ class DestinationQueue:
             abandoned = MarkDelivered(edu_ids=tuple(sorted(self._abandoned)))
             self._abandoned.clear()
             return [abandoned, *self.tick(now_ms)]
+        self._wakeup_requested = False
         if self._awaiting_result or (self._in_flight is None and not self._has_pending()):
             return []
         if self.is_backing_off and now_ms < self.retry_at_ms:
-            return [ScheduleWakeup(self.retry_at_ms)]
+            return [self._wakeup(self.retry_at_ms)]
         return self._send_next()
 
     time_passed = tick
@@ -403,7 +405,8 @@ class DestinationQueue:
     def _evict_overflow(self) -> None:
         if self._loading:
             return  # pdus_loaded sorts it out
-        while len(self._pdus) > self.max_pdus_in_memory:
+        # At least a transaction's worth, or loading and evicting would chase each other.
+        while len(self._pdus) > max(self.max_pdus_in_memory, self.max_pdus):
             newest = self._pdus.pop()
             self._known_streams.discard(newest.stream)
             self._stored_from = newest.stream
@@ -413,8 +416,14 @@ class DestinationQueue:
 
     def _send_if_healthy(self) -> list[Action]:
         if self.is_backing_off:
-            return []  # the wakeup already scheduled will send
+            if self._wakeup_requested or self._awaiting_result or self._loading:
+                return []  # the wakeup (or answer) to come will send
+            return [self._wakeup(self.retry_at_ms)]  # e.g. restored with nothing pending
         return self._send_next()
+
+    def _wakeup(self, at_ms: int) -> ScheduleWakeup:
+        self._wakeup_requested = True
+        return ScheduleWakeup(at_ms)
 
     def _send_next(self) -> list[Action]:
         """Send the failed transaction again, or the next batch; nothing if one is in flight."""
@@ -423,7 +432,7 @@ class DestinationQueue:
         if self._in_flight is None:
             if self._stored_from is not None and len(self._pdus) < self.max_pdus:
                 self._loading = True
-                return [LoadPdus(self._stored_from, self.max_pdus_in_memory)]
+                return [LoadPdus(self._stored_from, max(self.max_pdus_in_memory, self.max_pdus))]
             self._in_flight = self._build_transaction()
             if self._in_flight is None:
                 return []

@@ -383,3 +383,63 @@ class E2EKeyService:
         if not rows:
             raise _bad("No signature by the expected key")
         return rows
+
+    # == federation: answering other servers about our users' keys ========================
+    # (GET /user/devices/{userId}, POST /user/keys/query and /user/keys/claim; see
+    # homeserver/api/federation/queries.py, which checks the user IDs are ours.)
+    # Device display names stay home unless asked for, as with Synapse's default
+    # ``allow_device_name_lookup_over_federation: false``: they often name people and places.
+
+    async def devices_for_federation(self, user_id: str, *, include_display_names: bool = False) -> JsonDict:
+        """The federation ``/user/devices`` answer: every device with keys, and cross-signing keys.
+
+        ``stream_id`` is the device-list stream position, which only grows, so a remote server
+        can tell a newer list from an older one."""
+        stream_id = await self.current_position()
+        found = (await self._keys.query_devices({user_id: []})).get(user_id, {})
+        signatures = await self._keys.get_signatures([user_id])
+        devices: list[JsonDict] = []
+        for device_id, (keys, display_name) in sorted(found.items()):
+            if keys is None:
+                continue
+            entry: JsonDict = {
+                "device_id": device_id,
+                "keys": self._with_signatures(keys, signatures.get((user_id, device_id), [])),
+            }
+            if display_name and include_display_names:
+                entry["device_display_name"] = display_name
+            devices.append(entry)
+        body: JsonDict = {"user_id": user_id, "stream_id": stream_id, "devices": devices}
+        cross = await self.query_keys(_NOBODY, {"device_keys": {user_id: []}})
+        if user_id in cross["master_keys"]:
+            body["master_key"] = cross["master_keys"][user_id]
+        if user_id in cross["self_signing_keys"]:
+            body["self_signing_key"] = cross["self_signing_keys"][user_id]
+        return body
+
+    async def query_keys_for_federation(
+        self, wanted: dict[str, list[str]], *, include_display_names: bool = False
+    ) -> JsonDict:
+        """The federation ``/user/keys/query`` answer for already-validated local users.
+
+        User-signing keys are private to their owner and never leave the server."""
+        found = await self.query_keys(_NOBODY, {"device_keys": wanted})
+        if not include_display_names:
+            for devices in found["device_keys"].values():
+                for keys in devices.values():
+                    keys["unsigned"] = {}
+        return {
+            "device_keys": found["device_keys"],
+            "master_keys": found["master_keys"],
+            "self_signing_keys": found["self_signing_keys"],
+        }
+
+    async def claim_keys_for_federation(self, wanted: dict[str, dict[str, str]]) -> JsonDict:
+        """The federation ``/user/keys/claim`` answer: each one-time key is handed out once."""
+        claimed = await self.claim_keys({"one_time_keys": wanted})
+        return {"one_time_keys": claimed["one_time_keys"]}
+
+
+# Queries on behalf of another server, which is no user: user-signing keys (shown only to
+# their owner) are never included.
+_NOBODY = Requester(user_id="", device_id=None, is_guest=False, token_hash="")

@@ -199,14 +199,15 @@ def _select_pdus(txn: Transaction, destination: str, from_stream: int, limit: in
         "SELECT q.stream_ordering, q.event_id, e.json FROM federation_queue_pdus AS q"
         " LEFT JOIN events AS e ON e.event_id = q.event_id"
         " WHERE q.destination = ? AND q.stream_ordering >= ? ORDER BY q.stream_ordering LIMIT ?",
-        (destination, from_stream, limit),
+        (destination, from_stream, limit + 1),
     )
+    exhausted = len(rows) <= limit
     pdus, missing = [], []
-    for stream, event_id, event_json in rows:
+    for stream, event_id, event_json in rows[:limit]:
         if event_json is None:
             missing.append((destination, stream))
         else:
             pdus.append(Pdu(int(stream), json.loads(event_json), str(event_id)))
     if missing:
         txn.execute_many("DELETE FROM federation_queue_pdus WHERE destination = ? AND stream_ordering = ?", missing)
-    return pdus, len(rows) < limit
+    return pdus, exhausted
