@@ -202,22 +202,28 @@ class Peer:
         return key_id(self.federation.local_keys.signing_key)
 
 
-@pytest.fixture
-def peers(
+def start_peers(
     make_server: Callable[..., HSFixture],
     database_config: dict[str, Any],
     tmp_path: Path,
     cleanups: list[Callable[[], Any]],
+    allow: dict[str, list[str]],
+    *,
+    federation_routes: Callable[[Homeserver], Callable[[Any], None]] | None = None,
 ) -> dict[str, Peer]:
-    """a.test and b.test federate with each other; c.test talks to b.test, which refuses it."""
+    """In-process servers named after ``allow``'s keys, each allowing the servers listed for
+    it, with TLS federation listeners and static routes to each other on 127.0.0.1.
+
+    ``federation_routes`` replaces a server's "federation" route group (test stand-ins).
+    """
     cert, key = (str(p) for p in make_self_signed_cert(tmp_path, "127.0.0.1"))
-    ports = {name: _free_port() for name in ("a.test", "b.test", "c.test")}
-    allow = {"a.test": ["b.test"], "b.test": ["a.test"], "c.test": ["b.test"]}
+    ports = {name: _free_port() for name in allow}
     result: dict[str, Peer] = {}
-    for name in ("a.test", "b.test", "c.test"):
+    first = next(iter(allow))
+    for name in allow:
         key_path = tmp_path / f"{name}.key"
         key_path.write_text(write_signing_keys([generate_signing_key(f"{name[0]}_{secrets.token_hex(2)}")]))
-        database = database_config if name == "a.test" else _other_database(database_config, tmp_path, name)
+        database = database_config if name == first else _other_database(database_config, tmp_path, name)
         fx = make_server(
             server_name=name,
             database=database,
@@ -231,23 +237,41 @@ def peers(
         )
         hs = fx.hs
         assert hs.federation is not None
-        federation = hs.federation
-
-        # A stand-in for the future federation servlets: who signed this request?
-        def whoami_routes(router: Any, authenticate: Any = federation.authenticator.authenticate) -> None:
-            async def whoami(request: server.Request) -> tuple[int, Any]:
-                return 200, {"origin": await authenticate(request)}
-
-            router.add("GET", "^/_matrix/federation/v1/test/whoami$", whoami)
-
-        hs.route_groups["federation"] = whoami_routes
+        if federation_routes is not None:
+            hs.route_groups["federation"] = federation_routes(hs)
         tls_port = reactor.listenSSL(
             ports[name], hs.build_site({"federation"}), server_tls_options(cert, key), interface="127.0.0.1"
         )
         cleanups.append(tls_port.stopListening)
-        cleanups.append(lambda f=federation: defer.ensureDeferred(f.close()))
+        cleanups.append(lambda f=hs.federation: defer.ensureDeferred(f.close()))
         result[name] = Peer(name, fx, ports[name], _keys_client(hs, cleanups))
     return result
+
+
+def _whoami_routes(hs: Homeserver) -> Callable[[Any], None]:
+    """A stand-in for the future federation servlets: who signed this request?"""
+    assert hs.federation is not None
+    authenticate = hs.federation.authenticator.authenticate
+
+    def add(router: Any) -> None:
+        async def whoami(request: server.Request) -> tuple[int, Any]:
+            return 200, {"origin": await authenticate(request)}
+
+        router.add("GET", "^/_matrix/federation/v1/test/whoami$", whoami)
+
+    return add
+
+
+@pytest.fixture
+def peers(
+    make_server: Callable[..., HSFixture],
+    database_config: dict[str, Any],
+    tmp_path: Path,
+    cleanups: list[Callable[[], Any]],
+) -> dict[str, Peer]:
+    """a.test and b.test federate with each other; c.test talks to b.test, which refuses it."""
+    allow = {"a.test": ["b.test"], "b.test": ["a.test"], "c.test": ["b.test"]}
+    return start_peers(make_server, database_config, tmp_path, cleanups, allow, federation_routes=_whoami_routes)
 
 
 @pytest_twisted.ensureDeferred

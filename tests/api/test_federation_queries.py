@@ -9,7 +9,6 @@ Also Synapse's federation_whitelist client endpoint.
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,11 @@ import pytest
 import pytest_twisted
 from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
 from signedjson.sign import sign_json
-from twisted.internet import defer, reactor
 
 from homeserver import __version__
-from homeserver.events.signing import generate_signing_key as generate_server_key
-from homeserver.events.signing import write_signing_keys
-from homeserver.federation.tls import server_tls_options
 from tests.api.conftest import Client, HSFixture
 from tests.api.helpers import register
-from tests.api.test_federation_keys import Peer, _free_port, _keys_client, _other_database, cleanups
-from tests.interop.synapse_server import make_self_signed_cert
+from tests.api.test_federation_keys import Peer, _keys_client, cleanups, start_peers
 
 __all__ = ["cleanups"]  # the fixture, shared with the key server tests
 
@@ -45,34 +39,8 @@ def peers(
     cleanups: list[Callable[[], Any]],
 ) -> dict[str, Peer]:
     """a.test and b.test federate; c.test allows a.test, which does not allow c.test."""
-    cert, key = (str(p) for p in make_self_signed_cert(tmp_path, "127.0.0.1"))
-    ports = {name: _free_port() for name in ("a.test", "b.test", "c.test")}
     allow = {"a.test": ["b.test"], "b.test": ["a.test"], "c.test": ["a.test"]}
-    result: dict[str, Peer] = {}
-    for name in ("a.test", "b.test", "c.test"):
-        key_path = tmp_path / f"{name}.key"
-        key_path.write_text(write_signing_keys([generate_server_key(f"{name[0]}_{secrets.token_hex(2)}")]))
-        database = database_config if name == "a.test" else _other_database(database_config, tmp_path, name)
-        fx = make_server(
-            server_name=name,
-            database=database,
-            signing_key_path=str(key_path),
-            federation_domain_whitelist=allow[name],
-            federation_static_routes={other: f"127.0.0.1:{ports[other]}" for other in allow[name]},
-            federation_verify_certificates=False,
-            ip_range_blacklist=[],
-            tls_certificate_path=cert,
-            tls_private_key_path=key,
-        )
-        hs = fx.hs
-        assert hs.federation is not None
-        tls_port = reactor.listenSSL(
-            ports[name], hs.build_site({"federation"}), server_tls_options(cert, key), interface="127.0.0.1"
-        )
-        cleanups.append(tls_port.stopListening)
-        cleanups.append(lambda f=hs.federation: defer.ensureDeferred(f.close()))
-        result[name] = Peer(name, fx, ports[name], _keys_client(hs, cleanups))
-    return result
+    return start_peers(make_server, database_config, tmp_path, cleanups, allow)
 
 
 async def ask(
