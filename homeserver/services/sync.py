@@ -197,7 +197,7 @@ class SyncService:
                     body["rooms"]["invite"][m.room_id] = await self._invited_room(m.room_id, m.event_id)
             elif m.membership == "knock":
                 if since is None or m.room_id in changed:
-                    body["rooms"]["knock"][m.room_id] = {"knock_state": await self._stripped_state(m.room_id, m.event_id, "knock_state")}
+                    body["rooms"]["knock"][m.room_id] = {"knock_state": await self._stripped_state(m.room_id, m.event_id)}
             elif m.membership in ("leave", "ban"):
                 if since is None:
                     include = req.filter.include_leave()
@@ -346,7 +346,7 @@ class SyncService:
             "m.invited_member_count": len(invited),
         }
 
-    async def _stripped_state(self, room_id: str, member_event_id: str, _kind: str) -> dict[str, Any]:
+    async def _stripped_state(self, room_id: str, member_event_id: str) -> dict[str, Any]:
         current = await self._events.current_state_ids(room_id)
         ids = [current[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in current]
         fetched = await self._store.get_events([*ids, member_event_id])
@@ -357,7 +357,7 @@ class SyncService:
         return {"events": events}
 
     async def _invited_room(self, room_id: str, invite_event_id: str) -> dict[str, Any]:
-        return {"invite_state": await self._stripped_state(room_id, invite_event_id, "invite_state")}
+        return {"invite_state": await self._stripped_state(room_id, invite_event_id)}
 
     async def _left_room(
         self, req: SyncRequest, room_id: str, leave_event_id: str, leave_stream: int, since: StreamToken | None
