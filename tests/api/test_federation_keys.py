@@ -10,7 +10,6 @@ the sender's keys), and the allowlist refusing a stranger.
 from __future__ import annotations
 
 import secrets
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 import pytest_twisted
 import signedjson.key
 import signedjson.sign
-from twisted.internet import defer, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.web import server
 
 from homeserver.app import Homeserver
@@ -163,10 +162,17 @@ async def test_notary_query_validation(
 # -- several servers over TLS ----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class _LateFactory(protocol.Factory):
+    """Listens before the server it serves exists: its port is needed in the others' configs.
+
+    (Binding port 0 up front avoids picking a "free" port that another process takes first.)
+    """
+
+    target: protocol.Factory | None = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        assert self.target is not None
+        return self.target.buildProtocol(addr)
 
 
 def _other_database(database_config: dict[str, Any], tmp_path: Path, name: str) -> dict[str, Any]:
@@ -217,7 +223,12 @@ def start_peers(
     ``federation_routes`` replaces a server's "federation" route group (test stand-ins).
     """
     cert, key = (str(p) for p in make_self_signed_cert(tmp_path, "127.0.0.1"))
-    ports = {name: _free_port() for name in allow}
+    factories = {name: _LateFactory() for name in allow}
+    ports: dict[str, int] = {}
+    for name, factory in factories.items():
+        listening = reactor.listenSSL(0, factory, server_tls_options(cert, key), interface="127.0.0.1")
+        cleanups.append(listening.stopListening)
+        ports[name] = listening.getHost().port
     result: dict[str, Peer] = {}
     first = next(iter(allow))
     for name in allow:
@@ -239,10 +250,10 @@ def start_peers(
         assert hs.federation is not None
         if federation_routes is not None:
             hs.route_groups["federation"] = federation_routes(hs)
-        tls_port = reactor.listenSSL(
-            ports[name], hs.build_site({"federation"}), server_tls_options(cert, key), interface="127.0.0.1"
-        )
-        cleanups.append(tls_port.stopListening)
+        site = hs.build_site({"federation"})
+        site.doStart()
+        cleanups.append(site.doStop)
+        factories[name].target = site
         cleanups.append(lambda f=hs.federation: defer.ensureDeferred(f.close()))
         result[name] = Peer(name, fx, ports[name], _keys_client(hs, cleanups))
     return result
