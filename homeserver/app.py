@@ -249,7 +249,6 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
     devices_repo = DeviceRepository(db, tokens)
     reg_tokens = RegistrationTokenRepository(db)
 
-    auth_cfg = config
     password_cfg = config.password_config
     hasher = PasswordHasher(rounds=config.bcrypt_rounds, pepper=password_cfg.pepper, run_in_thread=run_in_thread)
     auth = AuthService(
@@ -258,13 +257,12 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
         devices=devices_repo,
         tokens=tokens,
         lifetimes=TokenLifetimes(
-            refreshable_access_token_lifetime=auth_cfg.refreshable_access_token_lifetime,
-            refresh_token_lifetime=auth_cfg.refresh_token_lifetime,
-            nonrefreshable_access_token_lifetime=auth_cfg.nonrefreshable_access_token_lifetime,
-            session_lifetime=auth_cfg.session_lifetime,
+            refreshable_access_token_lifetime=config.refreshable_access_token_lifetime,
+            refresh_token_lifetime=config.refresh_token_lifetime,
+            nonrefreshable_access_token_lifetime=config.nonrefreshable_access_token_lifetime,
+            session_lifetime=config.session_lifetime,
         ),
     )
-    rc = config
     login = LoginService(
         server_name=config.server_name,
         clock_ms=clock.time_msec,
@@ -273,9 +271,9 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
         auth=auth,
         hasher=hasher,
         ratelimiters=LoginRatelimiters(
-            address=Ratelimiter(clock, _rate(rc.rc_login.address)),
-            account=Ratelimiter(clock, _rate(rc.rc_login.account)),
-            failed_attempts=Ratelimiter(clock, _rate(rc.rc_login.failed_attempts)),
+            address=Ratelimiter(clock, _rate(config.rc_login.address)),
+            account=Ratelimiter(clock, _rate(config.rc_login.account)),
+            failed_attempts=Ratelimiter(clock, _rate(config.rc_login.failed_attempts)),
         ),
         password_login_enabled=password_cfg.enabled and password_cfg.localdb_enabled,
     )
@@ -446,7 +444,7 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
         backend=LocalDiskBackend(config.media_store_path, run_in_thread=run_in_thread),
         remote=NoRemoteMedia(),  # until federation: remote media IDs are 404
         rules=MediaRules.from_config(config),
-        create_limiter=Ratelimiter(clock, _rate(rc.rc_media_create)),
+        create_limiter=Ratelimiter(clock, _rate(config.rc_media_create)),
         run_in_thread=run_in_thread,
     )
     url_previews = None
@@ -491,7 +489,7 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
             registration=registration,
             login=login,
             uia=uia,
-            ratelimiter=Ratelimiter(clock, _rate(rc.rc_registration)),
+            ratelimiter=Ratelimiter(clock, _rate(config.rc_registration)),
         )
         account_api.register(router, authenticate=authenticate, account=services.account, uia=uia)
         devices_api.register(router, authenticate=authenticate, devices=services.devices, uia=uia)

@@ -72,16 +72,8 @@ class MatrixError(Exception):
         return body
 
 
-def bad_json(msg: str) -> MatrixError:
-    return MatrixError(400, Codes.BAD_JSON, msg)
-
-
 def missing_param(name: str) -> MatrixError:
     return MatrixError(400, Codes.MISSING_PARAM, f"Missing parameter: {name}")
-
-
-def invalid_param(name: str, expected: str) -> MatrixError:
-    return MatrixError(400, Codes.INVALID_PARAM, f"Invalid parameter {name}: {expected}")
 
 
 def forbidden(msg: str) -> MatrixError:

@@ -111,9 +111,9 @@ class PushRuleService:
         members = await self._rooms.members(event.room_id)
         if not members:
             return
-        keys = [("m.room.create", ""), ("m.room.power_levels", "")]
-        ids = {k: state[k] for k in keys if k in state}
-        fetched = await self._events.current_state_events(event.room_id, list(ids))
+        fetched = await self._events.current_state_events(
+            event.room_id, [("m.room.create", ""), ("m.room.power_levels", "")]
+        )
         create = fetched.get(("m.room.create", ""))
         pl = fetched.get(("m.room.power_levels", ""))
         sender_level = get_user_power_level(event.sender, create, pl, event.room_version) if create else 0

@@ -86,12 +86,6 @@ class AccountRepository:
             ),
         )
 
-    async def set_admin(self, user_id: str, is_admin: bool) -> None:
-        await self._db.run_interaction(
-            "set_admin",
-            lambda txn: txn.execute("UPDATE users SET is_admin = ? WHERE user_id = ?", (int(is_admin), user_id)),
-        )
-
     async def deactivate(self, user_id: str) -> None:
         """Mark the account deactivated and forget its password (tokens are removed by the caller)."""
         await self._db.run_interaction(
@@ -100,10 +94,3 @@ class AccountRepository:
                 "UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = ?", (user_id,)
             ),
         )
-
-    async def count_users(self) -> int:
-        def txn_fn(txn: Transaction) -> int:
-            row = txn.select_one("SELECT COUNT(*) FROM users")
-            return int(row[0]) if row else 0
-
-        return await self._db.run_interaction("count_users", txn_fn)

@@ -89,8 +89,8 @@ class E2EKeyRepository:
                     (user_id, device_id, algorithm, key_id, encoded),
                 )
             if conflicts:
-                raise _Conflict(conflicts)
-            return conflicts
+                raise _Conflict(conflicts)  # rolls the whole upload back
+            return []
 
         try:
             return await self._db.run_interaction("add_one_time_keys", txn_fn)

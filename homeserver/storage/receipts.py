@@ -76,20 +76,6 @@ class ReceiptRepository:
 
         return await self._db.run_interaction("receipts_since", txn_fn)
 
-    async def latest_read_stream(self, user_id: str, room_id: str) -> int:
-        """Stream ordering of the newest event the user has read (any read receipt type)."""
-        row = await self._db.run_interaction(
-            "latest_read",
-            lambda txn: txn.select_one(
-                "SELECT MAX(event_stream_ordering) FROM receipts WHERE user_id = ? AND room_id = ?"
-                " AND receipt_type IN ('m.read', 'm.read.private')",
-                (user_id, room_id),
-            ),
-        )
-        return int(row[0]) if row and row[0] is not None else 0
-
-    # -- push actions ------------------------------------------------------------------
-
     async def add_push_actions(
         self, room_id: str, event_id: str, stream: int, thread_id: str, actions: list[tuple[str, bool, bool]]
     ) -> None:

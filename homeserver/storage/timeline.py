@@ -115,13 +115,6 @@ class TimelineRepository:
 
         return await self._db.run_interaction("topo_key_for_stream", txn_fn)
 
-    async def topo_key_of_event(self, event_id: str) -> TopoKey | None:
-        row = await self._db.run_interaction(
-            "topo_key_of_event",
-            lambda txn: txn.select_one("SELECT depth, stream_ordering FROM events WHERE event_id = ?", (event_id,)),
-        )
-        return None if row is None else TopoKey(int(row[0]), int(row[1]))
-
     async def relations(
         self, event_id: str, *, rel_type: str | None = None, event_type: str | None = None
     ) -> list[tuple[str, str, str | None, str, int]]:
@@ -173,23 +166,6 @@ class TimelineRepository:
             return out
 
         return await self._db.run_interaction("relations_of_many", txn_fn)
-
-    async def redactions_of(self, event_ids: Collection[str]) -> dict[str, str]:
-        """Redaction event IDs targeting each of ``event_ids`` (first one wins)."""
-        if not event_ids:
-            return {}
-        ids = list(event_ids)
-
-        def txn_fn(txn: Transaction) -> dict[str, str]:
-            rows = txn.select_all(
-                f"SELECT redacts, event_id FROM redactions WHERE redacts IN ({_in_clause(ids)})", ids
-            )
-            out: dict[str, str] = {}
-            for redacts, event_id in rows:
-                out.setdefault(str(redacts), str(event_id))
-            return out
-
-        return await self._db.run_interaction("redactions_of", txn_fn)
 
     async def thread_roots(self, room_id: str) -> list[str]:
         """Thread roots of the room, the most recently active first."""

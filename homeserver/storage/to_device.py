@@ -71,12 +71,3 @@ class ToDeviceRepository:
                 (user_id, device_id, upto),
             ),
         )
-
-    async def pending_count(self, user_id: str, device_id: str) -> int:
-        row = await self._db.run_interaction(
-            "count_to_device",
-            lambda txn: txn.select_one(
-                "SELECT COUNT(*) FROM device_inbox WHERE user_id = ? AND device_id = ?", (user_id, device_id)
-            ),
-        )
-        return int(row[0]) if row else 0
