@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,9 @@ class SentEvent:
 
 # Hooks run after an event is persisted (push actions, receipts, ...): (event, stream, state_after).
 PostPersistHook = Callable[[Event, int, StateMap], Any]
+# Policy checks (room access rules, ...) run on a new event with the state before it, after the
+# auth rules passed: return a refusal reason (the event is then refused with M_FORBIDDEN) or None.
+EventPolicyCheck = Callable[[Event, StateMap], Awaitable[str | None]]
 
 
 class RoomLocks:
@@ -87,6 +90,7 @@ class RoomEventService:
         self._locks = RoomLocks()
         self._joined_cache: dict[str, frozenset[str]] = {}
         self.post_persist_hooks: list[PostPersistHook] = []
+        self.event_policy_checks: list[EventPolicyCheck] = []
 
     # -- reading state -----------------------------------------------------------------
 
@@ -114,6 +118,19 @@ class RoomEventService:
             cached = frozenset(m.user_id for m in await self._rooms.members(room_id))
             self._joined_cache[room_id] = cached
         return cached
+
+    async def run_locked(self, room_id: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``fn`` holding the room's lock: every change to a room's graph and current
+        state (local sends, received PDUs, joins) is serialised by it."""
+        return await self._locks.run(room_id, fn)
+
+    async def check_policies(self, event: Event, state_before: StateMap) -> str | None:
+        """The first refusal reason of the policy checks, or None if the event may go ahead."""
+        for check in self.event_policy_checks:
+            reason = await check(event, state_before)
+            if reason is not None:
+                return reason
+        return None
 
     # -- sending -----------------------------------------------------------------------
 
@@ -180,7 +197,7 @@ class RoomEventService:
             prev_ids = await self._events.get_forward_extremities(room_id)
             if not prev_ids:
                 raise not_found("Unknown room")
-            state_before, before_ref = await self._state_before(room_version, room_id, prev_ids)
+            state_before, before_ref = await self.state_before(room_version, room_id, prev_ids)
             prev_events = await self._events.get_events(prev_ids)
             depth = max((p.event.depth for p in prev_events.values()), default=0) + 1
 
@@ -222,6 +239,9 @@ class RoomEventService:
             raise forbidden(e.msg) from None
         if extra_check is not None:
             await defer.maybeDeferred(extra_check, event, state_before)
+        refusal = await self.check_policies(event, state_before)
+        if refusal is not None:
+            raise forbidden(refusal)
 
         current_delta: dict[StateKey, str | None] | None = None
         if event.is_state():
@@ -251,12 +271,14 @@ class RoomEventService:
             new_extremities=None,
             txn_id=txn,
         )
-        await self._after_persist(event, result.stream_ordering, result.state_after)
+        await self.announce(event, result.stream_ordering, result.state_after)
         return SentEvent(event, result.stream_ordering)
 
-    async def _state_before(
+    async def state_before(
         self, room_version: RoomVersion, room_id: str, prev_ids: list[str]
     ) -> tuple[StateMap, StateBefore]:
+        """The state before a new event whose prev_events are ``prev_ids`` (resolved when
+        they disagree), and how to store it."""
         groups = await self._state.get_groups_for_events(prev_ids)
         if len(set(groups.values())) == 1:
             group = next(iter(groups.values()))
@@ -297,7 +319,9 @@ class RoomEventService:
             raise not_found("Unknown room")
         return out
 
-    async def _after_persist(self, event: Event, stream: int, state_after: StateMap) -> None:
+    async def announce(self, event: Event, stream: int, state_after: StateMap) -> None:
+        """After an event is persisted (local or received): run the post-persist hooks and
+        wake the /sync requests of everyone concerned."""
         room_id = event.room_id
         wake = set(await self.joined_users(room_id))
         if event.type == "m.room.member" and event.state_key is not None:
