@@ -26,21 +26,32 @@ from homeserver.api.client import rooms as rooms_api
 from homeserver.api.client import sync as sync_api
 from homeserver.api.client import userdata as userdata_api
 from homeserver.api.client import versions as versions_api
+from homeserver.api.federation import events as federation_events_api
 from homeserver.api.federation import keys as federation_keys_api
+from homeserver.api.federation import media as federation_media_api
+from homeserver.api.federation import membership as federation_membership_api
 from homeserver.api.federation import queries as federation_queries_api
 from homeserver.api.media import admin as media_admin_api
 from homeserver.api.media import media as media_api
+from homeserver.appservice.host import AppServiceHost
+from homeserver.appservice.wiring import AppServiceParts, setup_appservices
 from homeserver.config import HomeserverConfig
 from homeserver.config.listeners import IMPLIED_RESOURCES
 from homeserver.core.clock import Clock
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.events.signing import SigningKey, read_signing_keys
 from homeserver.federation.components import Federation, build_federation
+from homeserver.federation.devices import E2EEFederation, build_e2ee_federation
+from homeserver.federation.ingest import FederationEventHandler, build_federation_ingest
+from homeserver.federation.ingest_serving import FederationEventServer
+from homeserver.federation.membership import build_federation_membership
+from homeserver.federation.outbound import build_federation_outbound
 from homeserver.federation.tls import server_tls_options
 from homeserver.filtering import parse_filter
 from homeserver.http.auth import RequestAuthenticator
 from homeserver.http.server import HomeserverSite, RootResource, Router
 from homeserver.media.preview import PreviewService
+from homeserver.media.remote import build_remote_fetcher
 from homeserver.media.repository import MediaRepository
 from homeserver.media.safe_http import IPPolicy, SafeHttpClient, threaded_resolver
 from homeserver.media.service import MediaRules, MediaService, NoRemoteMedia
@@ -48,7 +59,7 @@ from homeserver.media.storage import LocalDiskBackend
 from homeserver.services.account import AccountService
 from homeserver.services.admin import AdminService
 from homeserver.services.auth import AuthService, TokenLifetimes
-from homeserver.services.devices import DeviceService
+from homeserver.services.devices import DeviceListTracker, DeviceService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.e2ee import E2EKeyService
 from homeserver.services.ephemeral import ReceiptService, TypingService
@@ -76,6 +87,7 @@ from homeserver.storage.devices import DeviceRepository
 from homeserver.storage.e2e_keys import E2EKeyRepository
 from homeserver.storage.engines import create_engine
 from homeserver.storage.events import EventRepository
+from homeserver.storage.federation_events import FederationEventStore
 from homeserver.storage.key_backup import KeyBackupRepository
 from homeserver.storage.migrations import prepare_database
 from homeserver.storage.push import PushRuleRepository
@@ -132,6 +144,12 @@ class Homeserver:
     sites: list[HomeserverSite] = field(default_factory=list)
     # keys, keyring, signed-request transport and X-Matrix authenticator (homeserver/federation)
     federation: Federation | None = None
+    # end-to-end encryption across servers: remote keys, device-list EDUs (federation/devices.py)
+    e2ee_federation: E2EEFederation | None = None
+    # the application-service host (homeserver/appservice), when any are registered
+    appservices: AppServiceHost | None = None
+    # the receiving half of room federation: /send, received PDUs, joins' state (federation/ingest.py)
+    federation_ingest: FederationEventHandler | None = None
 
     def build_site(self, resource_names: set[str], *, x_forwarded: bool = False) -> HomeserverSite:
         router = Router()
@@ -164,6 +182,10 @@ class Homeserver:
             self._listen(listener.port, listener.bind_addresses, site, tls=listener.tls)
             logger.info("listening on %s port %d for %s", ",".join(listener.bind_addresses), listener.port, sorted(names))
         self.reactor.addSystemEventTrigger("before", "shutdown", self.stop)
+        if self.federation is not None:  # resume the outbound queues left by the last run
+            defer.ensureDeferred(self.federation.start()).addErrback(
+                lambda f: logger.error("federation sender did not start: %s", f.getTraceback())
+            )
 
     def _listen(self, port: int, addresses: tuple[str, ...], site: HomeserverSite, *, tls: bool = False) -> None:
         from twisted.internet.error import CannotListenError
@@ -391,11 +413,22 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
         rooms=room_store,
         receipts=receipt_store,
         events=room_events,
+        server_name=config.server_name,
     )
     room_events.post_persist_hooks.append(push.on_new_event)
     sync.extensions.append(push.sync_extension)
+    device_lists = DeviceListTracker(
+        server_name=config.server_name,
+        keys=E2EKeyRepository(db),
+        notifier=notifier,
+        shared_users=room_store.shared_room_users,
+    )
     e2e_keys = E2EKeyService(
-        keys=E2EKeyRepository(db), rooms=room_store, notifier=notifier, shared_users=room_store.shared_room_users
+        server_name=config.server_name,
+        keys=E2EKeyRepository(db),
+        rooms=room_store,
+        shared_users=room_store.shared_room_users,
+        device_list_changed=device_lists.changed,
     )
     devices_repo.deleted_listeners.append(e2e_keys.on_devices_deleted)
     to_device = ToDeviceService(
@@ -421,7 +454,7 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
         auth=auth,
         login=login,
         registration=registration,
-        devices=DeviceService(devices=devices_repo),
+        devices=DeviceService(devices=devices_repo, device_list_changed=device_lists.changed),
         account=AccountService(
             accounts=accounts,
             devices=devices_repo,
@@ -442,7 +475,7 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
         clock=clock,
         repo=MediaRepository(db),
         backend=LocalDiskBackend(config.media_store_path, run_in_thread=run_in_thread),
-        remote=NoRemoteMedia(),  # until federation: remote media IDs are 404
+        remote=NoRemoteMedia(),  # replaced under "federation media" below, once federation exists
         rules=MediaRules.from_config(config),
         create_limiter=Ratelimiter(clock, _rate(config.rc_media_create)),
         run_in_thread=run_in_thread,
@@ -479,7 +512,7 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
             room_versions=ROOM_VERSIONS,
             password_changes_enabled=services.account.password_changes_enabled,
             displayname_changes_enabled=config.registration.enable_set_displayname,
-            threepid_changes_enabled=False,
+            threepid_changes_enabled=config.email is not None,  # /account/3pid (services/policy)
             client_well_known=_client_well_known(config),
             server_well_known=_server_well_known(config),
         )
@@ -490,6 +523,7 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
             login=login,
             uia=uia,
             ratelimiter=Ratelimiter(clock, _rate(config.rc_registration)),
+            authenticate=authenticate,
         )
         account_api.register(router, authenticate=authenticate, account=services.account, uia=uia)
         devices_api.register(router, authenticate=authenticate, devices=services.devices, uia=uia)
@@ -592,6 +626,158 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
         ),
     )
     # -- end of federation queries -------------------------------------------------------
+
+    # -- federation ingest (homeserver/federation/ingest*.py, api/federation/events.py) ---
+    federation_ingest = hs.federation_ingest = build_federation_ingest(
+        server_name=config.server_name,
+        clock=clock,
+        keyring=federation.keyring,
+        client=federation.client,
+        events=event_store,
+        state=state_store,
+        room_events=room_events,
+    )
+    federation_event_reads = FederationEventServer(
+        server_name=config.server_name,
+        clock=clock,
+        events=event_store,
+        state=state_store,
+        graph=FederationEventStore(db),
+    )
+    add_to_group(
+        "federation",
+        lambda router: federation_events_api.register(
+            router,
+            authenticator=federation.authenticator,
+            transactions=federation_ingest,
+            reads=federation_event_reads,
+        ),
+    )
+    # -- end of federation ingest ---------------------------------------------------------
+
+    # -- federation outbound (homeserver/federation/outbound.py, edus.py) ---------------
+    federation_outbound = build_federation_outbound(
+        federation=federation,
+        is_allowed=config.federation_allows,
+        room_events=room_events,
+        event_store=event_store,
+        shared_room_users=room_store.shared_room_users,
+        typing=typing,
+        receipts=receipts,
+        presence=presence,
+    )
+    federation_ingest.edu_handlers.update(federation_outbound.edu_handlers)  # m.typing, m.receipt, m.presence
+    # -- end of federation outbound -----------------------------------------------------
+
+    # -- federation membership (homeserver/federation/membership*.py, api/federation/membership.py)
+    remote_membership, resident_membership = build_federation_membership(
+        server_name=config.server_name,
+        clock=clock,
+        signing_key=federation.local_keys.signing_key,
+        transport=federation.client,
+        keyring=federation.keyring,
+        ingest=federation_ingest,
+        relay=federation_outbound,
+        event_store=event_store,
+        room_state=room_events,
+        memberships=room_store,
+        accounts=accounts,
+    )
+    rooms.remote = remote_membership
+    add_to_group(
+        "federation",
+        lambda router: federation_membership_api.register(
+            router, authenticator=federation.authenticator, resident=resident_membership
+        ),
+    )
+    # -- end of federation membership -------------------------------------------------------
+
+    # -- federation e2ee (homeserver/federation/devices.py, remote_keys.py) ------------------
+    hs.e2ee_federation = build_e2ee_federation(
+        server_name=config.server_name,
+        clock=clock,
+        federation=federation,
+        is_allowed=config.federation_allows,
+        db=db,
+        keys=e2e_keys,
+        tracker=device_lists,
+        to_device=to_device,
+        profiles=profiles,
+        room_events=room_events,
+        shared_room_users=room_store.shared_room_users,
+    )
+    e2ee_ingest = locals().get("federation_ingest")
+    if e2ee_ingest is not None:  # inbound device-list, signing-key and to-device EDUs
+        e2ee_ingest.edu_handlers.update(hs.e2ee_federation.edu_handlers)
+    # -- end of federation e2ee --------------------------------------------------------------
+
+    # -- government policy (homeserver/services/policy) ---------------------------------------
+    from homeserver.services.policy.wiring import build_policy
+
+    policy = build_policy(
+        config, reactor=reactor, clock=clock, db=db, room_events=room_events, rooms=rooms,
+        directory=directory, event_store=event_store, room_store=room_store, admin=services.admin,
+        registration=registration, uia=uia, authenticate=authenticate,
+        signing_key=federation.local_keys.signing_key, login=login, push=push,
+    )
+    add_to_group("client", policy.client_routes)
+    hs.background.extend(policy.background)
+    # -- end of government policy -------------------------------------------------------------
+
+    # -- application services (homeserver/appservice, homeserver/api/appservice) ---------
+    hs.appservices = setup_appservices(
+        paths=config.app_service_config_files,
+        server_name=config.server_name,
+        reactor=reactor,
+        clock=clock,
+        db=db,
+        authenticate=authenticate,
+        registration=registration,
+        rooms=rooms,
+        profiles=profiles,
+        notifier=notifier,
+        parts=AppServiceParts(
+            accounts=accounts,
+            devices=devices_repo,
+            event_store=event_store,
+            room_events=room_events,
+            room_store=room_store,
+            typing=typing,
+            receipts=receipts,
+            presence=presence,
+            to_device_inbox=ToDeviceRepository(db),
+            e2e_keys=e2e_keys,
+        ),
+        add_client_routes=lambda add_routes: add_to_group("client", add_routes),
+        require_admin=services.admin.require_admin,
+    )
+    # -- end of application services -----------------------------------------------------
+
+    # -- federation media (homeserver/media/remote.py, homeserver/api/federation/media.py) --
+    media.set_remote_fetcher(
+        build_remote_fetcher(config, reactor=reactor, federation=federation.client, run_in_thread=run_in_thread)
+    )
+    add_to_group(
+        "federation",
+        lambda router: federation_media_api.register(router, authenticator=federation.authenticator, media=media),
+    )
+    # -- end of federation media ---------------------------------------------------------
+
+    # -- federation backfill (homeserver/federation/backfill.py, storage/backfill.py) -------
+    from homeserver.federation.backfill import build_federation_backfill
+
+    messages.backfiller = build_federation_backfill(
+        server_name=config.server_name,
+        clock=clock,
+        is_allowed=config.federation_allows,
+        client=federation.client,
+        db=db,
+        events=event_store,
+        state=state_store,
+        receiver=federation_ingest,
+        locks=room_events,
+    )
+    # -- end of federation backfill ---------------------------------------------------------
     return hs
 
 

@@ -86,6 +86,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    from homeserver.config import ConfigError
+    from homeserver.config.appservice import load_app_services
+
+    try:
+        load_app_services(config.app_service_config_files, config.server_name)
+    except ConfigError as e:
+        print(f"Configuration error in {args.config}:\n{e}", file=sys.stderr)
+        return 1
     print(f"{args.config}: OK (server_name {config.server_name})")
     return 0
 

@@ -21,6 +21,7 @@ from homeserver.config.auth import DEFAULT_BCRYPT_ROUNDS, PasswordConfig, read_a
 from homeserver.config.database import DatabaseConfig, read_database
 from homeserver.config.emailconfig import EmailConfig, read_email
 from homeserver.config.federation import DEFAULT_IP_RANGE_BLACKLIST, read_federation
+from homeserver.config.federation_sending import FederationSection, read_federation_section
 from homeserver.config.keys import TrustedKeyServer, read_keys
 from homeserver.config.listeners import ListenerConfig, read_listeners
 from homeserver.config.media import (
@@ -30,6 +31,7 @@ from homeserver.config.media import (
     ThumbnailSize,
     read_media,
 )
+from homeserver.config.policy import AccountValidityConfig, PolicyConfig, read_account_validity, read_policy
 from homeserver.config.ratelimiting import (
     DEFAULT_RATE_LIMITS as _RL,
 )
@@ -130,6 +132,8 @@ class HomeserverConfig:
     federation_pinned_keys: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     federation_static_routes: Mapping[str, str] = field(default_factory=dict)
     federation_whitelist_endpoint_enabled: bool = False
+    # Synapse's federation: section (destination retry intervals; federation_sending.py)
+    federation: FederationSection = field(default_factory=FederationSection)
 
     # -- sizes and media (media.py) ----------------------------------------------------
     max_request_size: int = parse_size("10M")
@@ -158,6 +162,10 @@ class HomeserverConfig:
 
     # -- email (emailconfig.py) --------------------------------------------------------
     email: EmailConfig | None = None
+
+    # -- government policy (policy.py) -------------------------------------------------
+    government_policy: PolicyConfig = field(default_factory=PolicyConfig)
+    account_validity: AccountValidityConfig = field(default_factory=AccountValidityConfig)
 
     def __post_init__(self) -> None:
         # Relative paths given to the constructor are relative to config_dir, as in the file.
@@ -202,6 +210,7 @@ class HomeserverConfig:
         listening = read_listeners(r)
         database = read_database(r)
         federation = read_federation(r)
+        federation_section = read_federation_section(r)
         keys = read_keys(
             r,
             server_name=server_name,
@@ -213,6 +222,8 @@ class HomeserverConfig:
         media = read_media(r)
         rooms = read_rooms(r)
         email = read_email(r)
+        government_policy = read_policy(r)
+        account_validity = read_account_validity(r)
         r.finish(unsupported=SYNAPSE_TOP_LEVEL_KEYS)
         problems.raise_if_errors()
 
@@ -270,6 +281,7 @@ class HomeserverConfig:
             federation_pinned_keys=federation.federation_pinned_keys,
             federation_static_routes=federation.federation_static_routes,
             federation_whitelist_endpoint_enabled=federation.federation_whitelist_endpoint_enabled,
+            federation=federation_section,
             max_request_size=media.max_request_size,
             max_upload_size=media.max_upload_size,
             media_store_path=media.media_store_path,
@@ -292,5 +304,7 @@ class HomeserverConfig:
             user_directory=rooms.user_directory,
             presence_enabled=rooms.presence_enabled,
             email=email,
+            government_policy=government_policy,
+            account_validity=account_validity,
         )
         return config, problems.warnings

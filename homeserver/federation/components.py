@@ -6,8 +6,9 @@ still takes its collaborators explicitly and can be built alone in tests.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeserver.config import HomeserverConfig
 from homeserver.core.clock import Clock
@@ -17,10 +18,16 @@ from homeserver.federation.discovery import ServerDiscovery
 from homeserver.federation.dns import ReactorHostResolver, TwistedSrvResolver
 from homeserver.federation.key_server import KeyNotary, LocalKeys, old_verify_keys_from_config
 from homeserver.federation.keyring import Keyring, pinned_keys_from_config
+from homeserver.federation.queue import BackoffPolicy
+from homeserver.federation.sender import FederationClientTransport, FederationSender
 from homeserver.federation.tls import IPRangeFilter, TLSPolicy
 from homeserver.federation.transport import Connector, FederationClient, WellKnownClient
 from homeserver.storage.database import Database
+from homeserver.storage.federation_queue import FederationQueueRepository
 from homeserver.storage.server_keys import ServerKeyRepository
+
+if TYPE_CHECKING:
+    from homeserver.federation.outbound import FederationOutbound
 
 
 @dataclass
@@ -32,10 +39,35 @@ class Federation:
     authenticator: FederationAuthenticator
     discovery: ServerDiscovery
     well_known: WellKnownClient
+    # the persisted per-destination queues (PUT /send)
+    sender: FederationSender
+    # what goes to which servers: room events, EDUs (set by build_federation_outbound)
+    outbound: FederationOutbound | None = None
+
+    async def start(self) -> None:
+        """Resume the queues left non-empty by the previous run (when the server starts)."""
+        await self.sender.start()
 
     async def close(self) -> None:
+        self.sender.stop()
         await self.client.close()
         await self.well_known.close()
+
+
+class _WakingAuthenticator(FederationAuthenticator):
+    """Also tells the sender that the origin of a request it authenticated is up (so a
+    backed-off queue to it is retried now rather than hours later)."""
+
+    def __init__(self, *, on_origin: Callable[[str], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._on_origin = on_origin
+
+    async def authenticate_parts(
+        self, *, method: str, uri: str, authorization: Collection[bytes], content: Any | None
+    ) -> str:
+        origin = await super().authenticate_parts(method=method, uri=uri, authorization=authorization, content=content)
+        self._on_origin(origin)
+        return origin
 
 
 def load_signing_keys(path: str) -> list[SigningKey]:
@@ -95,10 +127,27 @@ def build_federation(config: HomeserverConfig, *, reactor: Any, clock: Clock, db
         trusted_key_servers=config.trusted_key_servers,
     )
     notary = KeyNotary(local=local_keys, clock=clock, store=store, fetcher=keyring, is_allowed=config.federation_allows)
-    authenticator = FederationAuthenticator(
-        server_name=config.server_name, clock=clock, keyring=keyring, is_allowed=config.federation_allows
+    retry = config.federation
+    sender = FederationSender(
+        clock,
+        FederationClientTransport(client),
+        FederationQueueRepository(db),
+        server_name=config.server_name,
+        backoff=BackoffPolicy(
+            min_ms=retry.destination_min_retry_interval,
+            max_ms=retry.destination_max_retry_interval,
+            multiplier=retry.destination_retry_multiplier,
+        ),
+    )
+    authenticator = _WakingAuthenticator(
+        server_name=config.server_name,
+        clock=clock,
+        keyring=keyring,
+        is_allowed=config.federation_allows,
+        on_origin=sender.wake,
     )
     return Federation(
+        sender=sender,
         local_keys=local_keys,
         keyring=keyring,
         notary=notary,

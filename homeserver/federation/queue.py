@@ -385,6 +385,14 @@ class DestinationQueue:
 
     time_passed = tick
 
+    def wake(self, now_ms: int) -> list[Action]:
+        """The destination showed signs of life (it sent us a request): retry now instead
+        of at the end of the backoff, which after a long outage can be hours away."""
+        if not self.is_backing_off or self.retry_at_ms <= now_ms:
+            return []
+        self.retry_at_ms = now_ms
+        return self.tick(now_ms)
+
     # -- internals -----------------------------------------------------------------------------
 
     def _enqueue_pdus(self, pdus: Iterable[Pdu]) -> None:

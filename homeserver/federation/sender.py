@@ -157,6 +157,23 @@ def _log_pdu_errors(destination: str, txn_id: str, response: Any) -> None:
             logger.info("%s rejected %s in transaction %s: %s", destination, event_id, txn_id, result["error"])
 
 
+def pdu_for_transaction(pdu: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
+    """The stored event JSON as a PDU in a transaction sent at ``now_ms``.
+
+    ``unsigned`` is covered by neither hashes nor signatures, and the Server-Server API
+    defines only ``age`` in it for PDUs: whatever else we keep there locally (a client's
+    transaction ID, stripped state for invitees, ...) stays here.  ``age`` is computed at
+    sending time, so a PDU that waited out an outage says how old it really is.
+    """
+    out = dict(pdu)
+    origin_ts = pdu.get("origin_server_ts")
+    if isinstance(origin_ts, int) and not isinstance(origin_ts, bool):
+        out["unsigned"] = {"age": max(0, now_ms - origin_ts)}
+    else:
+        out.pop("unsigned", None)
+    return out
+
+
 # -- the sender ------------------------------------------------------------------------------
 
 
@@ -189,6 +206,7 @@ class FederationSender:
         self._queues: dict[str, DestinationQueue] = {}
         self._wakeups: dict[str, IDelayedCall] = {}
         self._tasks: set[defer.Deferred[None]] = set()
+        self._woken: dict[str, int] = {}  # destination -> when it was last woken (ms)
         self._stopped = False
 
     async def start(self) -> None:
@@ -243,6 +261,19 @@ class FederationSender:
             edu_id = await self._repo.enqueue_edu(destination, edu_type, content, key)
             edu = Edu(edu_type, content, key, edu_id)
         await self._execute(destination, self._queue(destination).add_edus([edu]))
+
+    def wake(self, destination: str) -> None:
+        """``destination`` just sent us a request: if it is backed off, retry it now (at
+        most once per minimum backoff interval, in case it can reach us but we not it)."""
+        queue = self._queues.get(destination)
+        if queue is None or not queue.is_backing_off or self._stopped:
+            return
+        now = self._clock.time_msec()
+        last = self._woken.get(destination)
+        if last is not None and now - last < self._backoff.min_ms:
+            return
+        self._woken[destination] = now
+        self._spawn(self._execute(destination, queue.wake(now)))
 
     def queue_for(self, destination: str) -> DestinationQueue | None:
         """The queue of ``destination``, if it has one (for status and tests)."""
@@ -306,10 +337,11 @@ class FederationSender:
 
     async def _send(self, destination: str, action: SendTransaction) -> None:
         queue = self._queues[destination]
+        now = self._clock.time_msec()
         body = {
             "origin": self._server_name,
-            "origin_server_ts": self._clock.time_msec(),
-            "pdus": list(action.pdus),
+            "origin_server_ts": now,
+            "pdus": [pdu_for_transaction(pdu, now) for pdu in action.pdus],
             "edus": list(action.edus),
         }
         kind: ErrorKind

@@ -473,6 +473,24 @@ class FederationClient:
         timeout: float | None = None,
     ) -> tuple[int, bytes]:
         """Send a signed request; return the status and raw body whatever the status."""
+        code, _, body = await self.request_with_headers(
+            method, destination, path, args=args, content=content, timeout=timeout
+        )
+        return code, body
+
+    async def request_with_headers(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        *,
+        args: Mapping[str, str | Sequence[str]] | None = None,
+        content: Any | None = None,
+        timeout: float | None = None,
+        max_size: int | None = None,
+    ) -> tuple[int, Headers, bytes]:
+        """As :meth:`request`, with the response headers and an optional smaller size cap
+        (media downloads need the Content-Type, and a limit of their own)."""
         if not self._is_allowed(destination):
             raise FederationDeniedError(destination)
         if not path.startswith("/"):
@@ -508,13 +526,13 @@ class FederationClient:
             body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
             headers.addRawHeader(b"Content-Type", b"application/json")
         url = FEDERATION_SCHEME + b"://" + _netloc(delegated) + uri.encode("ascii")
-        code, _, response_body = await self.requester.request(
+        code, response_headers, response_body = await self.requester.request(
             method.encode("ascii"),
             url,
             headers,
             body,
             timeout=self._default_timeout if timeout is None else timeout,
-            max_size=self._max_response_size,
+            max_size=self._max_response_size if max_size is None else max_size,
             what=what,
         )
-        return code, response_body
+        return code, response_headers, response_body

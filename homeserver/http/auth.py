@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
 from twisted.web import server
 
+from homeserver.appservice.registration import ApplicationService
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.http.server import HomeserverSite
 from homeserver.services.auth import AuthService, Requester
@@ -36,14 +40,40 @@ def client_ip(request: server.Request) -> str:
     return str(getattr(peer, "host", "unknown"))
 
 
+class AppServiceAuth(Protocol):
+    async def authenticate(self, token: str, request: server.Request) -> Requester | None: ...
+    def service_for_token(self, token: str) -> ApplicationService | None: ...
+
+
 class RequestAuthenticator:
-    """Turns a request into a :class:`Requester` through the :class:`AuthService`."""
+    """Turns a request into a :class:`Requester` through the :class:`AuthService`
+    (or, for an application service's as_token, through ``app_service_auth``)."""
 
     def __init__(self, auth: AuthService) -> None:
         self._auth = auth
+        self.app_service_auth: AppServiceAuth | None = None
+        # Policy checks on a user's authenticated request (account validity): (requester,
+        # path); they raise a MatrixError to refuse it.
+        self.requester_checks: list[Callable[[Requester, str], Awaitable[None]]] = []
 
     async def __call__(self, request: server.Request, *, allow_guest: bool = False) -> Requester:
+        token = get_access_token(request)
+        if token and self.app_service_auth is not None:
+            requester = await self.app_service_auth.authenticate(token, request)
+            if requester is not None:
+                return requester
         user_agent = request.getHeader("User-Agent")
-        return await self._auth.get_requester(
-            get_access_token(request), ip=client_ip(request), user_agent=user_agent, allow_guest=allow_guest
+        requester = await self._auth.get_requester(
+            token, ip=client_ip(request), user_agent=user_agent, allow_guest=allow_guest
         )
+        for check in self.requester_checks:
+            await check(requester, request.path.decode("utf-8", "replace"))
+        return requester
+
+    def app_service(self, request: server.Request) -> ApplicationService | None:
+        """The application service whose as_token the request carries (no identity
+        assertion: /register and /login name the user in their body)."""
+        token = get_access_token(request)
+        if not token or self.app_service_auth is None:
+            return None
+        return self.app_service_auth.service_for_token(token)

@@ -101,6 +101,7 @@ class FetchResult:
     code: int
     media_type: str | None  # the Content-Type header, as sent
     body: bytes
+    disposition: str | None = None  # the Content-Disposition header, as sent
 
 
 class _PinnedEndpoints:
@@ -122,8 +123,9 @@ class _PinnedEndpoints:
 
 
 class _LimitedBody(protocol.Protocol):
-    def __init__(self, limit: int, done: defer.Deferred[bytes]) -> None:
+    def __init__(self, limit: int, done: defer.Deferred[bytes], too_large: str) -> None:
         self._limit = limit
+        self._too_large = too_large
         self._done = done
         self._chunks: list[bytes] = []
         self._size = 0
@@ -133,7 +135,7 @@ class _LimitedBody(protocol.Protocol):
             return
         self._size += len(data)
         if self._size > self._limit:
-            self._done.errback(MatrixError(502, Codes.TOO_LARGE, "The page is larger than max_spider_size"))
+            self._done.errback(MatrixError(502, Codes.TOO_LARGE, self._too_large))
             if self.transport is not None:
                 self.transport.stopProducing()  # type: ignore[attr-defined]
             return
@@ -168,16 +170,18 @@ class SafeHttpClient:
         self._max_redirects = max_redirects
         self._user_agent = user_agent
 
-    async def get(self, url: str) -> FetchResult:
-        """GET ``url``, following redirects; raises MatrixError (403 for blocked addresses)."""
-        d = defer.ensureDeferred(self._get(url))
+    async def get(self, url: str, *, max_size: int | None = None) -> FetchResult:
+        """GET ``url``, following redirects; raises MatrixError (403 for blocked addresses).
+
+        ``max_size`` overrides the client's size limit for this one fetch."""
+        d = defer.ensureDeferred(self._get(url, max_size))
         d.addTimeout(self._timeout, self._reactor)
         try:
             return await d
         except defer.TimeoutError:
             raise MatrixError(504, Codes.UNKNOWN, "Timed out fetching the URL") from None
 
-    async def _get(self, url: str) -> FetchResult:
+    async def _get(self, url: str, max_size: int | None) -> FetchResult:
         for _ in range(self._max_redirects + 1):
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -194,11 +198,17 @@ class SafeHttpClient:
                 url = urljoin(url, location[0].decode("latin-1"))
                 continue
             done: defer.Deferred[bytes] = defer.Deferred()
-            response.deliverBody(_LimitedBody(self._max_size, done))
+            if max_size is None:
+                response.deliverBody(_LimitedBody(self._max_size, done, "The page is larger than max_spider_size"))
+            else:
+                response.deliverBody(_LimitedBody(max_size, done, "The response is larger than the size limit"))
             body = await done
             content_type = response.headers.getRawHeaders(b"Content-Type")
             media_type = content_type[0].decode("latin-1") if content_type else None
-            return FetchResult(url, response.code, media_type, body)
+            disposition = response.headers.getRawHeaders(b"Content-Disposition")
+            return FetchResult(
+                url, response.code, media_type, body, disposition[0].decode("latin-1") if disposition else None
+            )
         raise MatrixError(502, Codes.UNKNOWN, "Too many redirects")
 
     async def _checked_address(self, host: str, port: int) -> str:

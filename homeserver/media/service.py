@@ -2,7 +2,7 @@
 
 Collaborators are explicit: a :class:`MediaRepository` (metadata), a
 :class:`~homeserver.media.storage.MediaBackend` (bytes), a :class:`RemoteMediaFetcher`
-(other servers' media; a stub answering 404 until federation lands), a rate limiter for
+(other servers' media: :class:`~homeserver.media.remote.FederationMediaFetcher`), a rate limiter for
 ``rc_media_create`` and ``run_in_thread`` for hashing and Pillow work, which never runs on
 the reactor thread.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol, TypeVar
@@ -52,6 +53,13 @@ MAX_DYNAMIC_SIDE = 2048
 ACCESS_FLUSH_INTERVAL = 60.0
 
 T = TypeVar("T")
+
+_MEDIA_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}(\s*;.{0,200})?$")
+
+
+def is_valid_media_type(value: str) -> bool:
+    """A Content-Type we store and send back (no control characters, a sane length)."""
+    return bool(_MEDIA_TYPE_RE.match(value)) and value.isascii() and not any(c in value for c in "\r\n\0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +116,7 @@ class RemoteMediaFetcher(Protocol):
 
 
 class NoRemoteMedia:
-    """The fetcher used until federation exists: every remote media ID is unknown."""
+    """A fetcher for a server without federation (and unit tests): every remote media ID is unknown."""
 
     async def fetch(self, server_name: str, media_id: str, *, max_size: int) -> FetchedMedia:
         raise not_found("Remote media is not available from this server")
@@ -204,6 +212,10 @@ class MediaService:
         self._accessed_local: dict[str, int] = {}
         self._accessed_remote: dict[tuple[str, str], int] = {}
         self._last_flush = clock.time()
+
+    def set_remote_fetcher(self, remote: RemoteMediaFetcher) -> None:
+        """Replace the remote media fetcher (the composition root does, once federation exists)."""
+        self._remote = remote
 
     def mxc(self, media_id: str) -> str:
         return f"mxc://{self.server_name}/{media_id}"
@@ -478,7 +490,7 @@ class MediaService:
     async def _remote_media(
         self, server_name: str, media_id: str, authenticated: bool, allow_remote: bool
     ) -> RemoteMedia:
-        if not is_valid_server_name(server_name) or not is_valid_media_id(media_id):
+        if not _plausible_server_name(server_name) or not is_valid_media_id(media_id):
             raise not_found()
         cached = await self._repo.get_remote(server_name, media_id)
         if cached is None:
@@ -613,6 +625,14 @@ class MediaService:
     def housekeeping_task(self) -> Callable[[], defer.Deferred[None]]:
         """A function for ``task.LoopingCall`` (it never raises, so the loop keeps going)."""
         return lambda: defer.ensureDeferred(self.run_housekeeping())
+
+
+def _plausible_server_name(server_name: str) -> bool:
+    """A valid server name that could be a host: no empty DNS labels (``..`` is grammatical)."""
+    if not is_valid_server_name(server_name):
+        return False
+    host = server_name.rsplit(":", 1)[0] if not server_name.endswith("]") else server_name
+    return host.startswith("[") or all(host.split("."))
 
 
 def _size(width: int | None, height: int | None) -> tuple[int, int] | None:

@@ -8,6 +8,7 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
+from homeserver.appservice.registration import ApplicationService
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.storage.accounts import AccountRepository
@@ -27,6 +28,8 @@ class Requester:
     device_id: str | None
     is_guest: bool
     token_hash: str
+    # The application service acting (as_token auth), or None for a user's own token.
+    app_service: ApplicationService | None = None
 
 
 @dataclass(frozen=True, slots=True)

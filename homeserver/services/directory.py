@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from homeserver.core.errors import Codes, MatrixError, forbidden, not_found
@@ -11,6 +12,11 @@ from homeserver.storage.rooms import RoomRepository
 from homeserver.storage.userdata import ProfileRepository
 
 MAX_LIMIT = 500
+
+# Policy hooks: may (user, room, visibility) publish or unpublish?  Raise a MatrixError if not.
+PublishCheck = Callable[[str, str, str], Awaitable[None]]
+# Policy hooks on user search: (searcher, candidate user IDs) -> the candidates to hide.
+SearchFilter = Callable[[str, list[str]], Awaitable[set[str]]]
 
 
 class DirectoryService:
@@ -28,6 +34,8 @@ class DirectoryService:
         self._rooms = rooms
         self._profiles = profiles
         self._search_all_users = search_all_users
+        self.publish_checks: list[PublishCheck] = []
+        self.search_filters: list[SearchFilter] = []
 
     async def set_visibility(self, user_id: str, room_id: str, visibility: str, is_admin: bool) -> None:
         if visibility not in ("public", "private"):
@@ -43,6 +51,8 @@ class DirectoryService:
             level = get_user_power_level(user_id, create, pl, version) if create else 0
             if membership is None or membership.membership != "join" or level < 50:
                 raise forbidden("You need power level 50 in the room to change its directory visibility")
+        for check in self.publish_checks:
+            await check(user_id, room_id, visibility)
         await self._rooms.set_published(room_id, visibility == "public")
 
     async def get_visibility(self, room_id: str) -> str:
@@ -114,8 +124,12 @@ class DirectoryService:
             for room_id in await self._rooms.published_rooms():
                 visible |= await self._events.joined_users(room_id)
         results = []
-        for uid, displayname, avatar in await self._profiles.search(term, limit * 5 + 10):
-            if visible is not None and uid not in visible:
+        found = await self._profiles.search(term, limit * 5 + 10)
+        hidden: set[str] = set()
+        for search_filter in self.search_filters:
+            hidden |= await search_filter(user_id, [uid for uid, _, _ in found])
+        for uid, displayname, avatar in found:
+            if (visible is not None and uid not in visible) or uid in hidden:
                 continue
             entry: dict[str, Any] = {"user_id": uid}
             if displayname:

@@ -8,8 +8,8 @@ client is never handed keys that are malformed or forged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 from signedjson.key import decode_verify_key_bytes
 from signedjson.sign import SignatureVerifyException, verify_signed_json
@@ -19,7 +19,6 @@ from unpaddedbase64 import decode_base64
 from homeserver.core.errors import Codes, MatrixError, forbidden
 from homeserver.core.ids import InvalidID, UserID
 from homeserver.services.auth import Requester
-from homeserver.services.notifier import Notifier
 from homeserver.services.streams import StreamToken
 from homeserver.storage.e2e_keys import E2EKeyRepository
 from homeserver.storage.rooms import RoomRepository
@@ -31,6 +30,27 @@ MAX_ONE_TIME_KEYS_PER_UPLOAD = 1000
 CROSS_SIGNING_TYPES = {"master_key": "master", "self_signing_key": "self_signing", "user_signing_key": "user_signing"}
 
 SharedUsers = Callable[[str], Awaitable[set[str]]]
+# (user_id, device IDs, None standing for the cross-signing keys): see DeviceListTracker.
+DeviceListChanged = Callable[[str, Sequence[str | None]], Awaitable[None]]
+DEFAULT_TIMEOUT_MS = 10_000
+MAX_TIMEOUT_MS = 60_000
+
+
+class RemoteQueryResult(Protocol):
+    device_keys: dict[str, dict[str, JsonDict]]
+    master_keys: dict[str, JsonDict]
+    self_signing_keys: dict[str, JsonDict]
+    failures: dict[str, JsonDict]
+
+
+class RemoteKeys(Protocol):
+    """Keys of users on other servers (:class:`homeserver.federation.remote_keys.RemoteDeviceCache`)."""
+
+    async def query(self, wanted: dict[str, list[str]], timeout_ms: int) -> RemoteQueryResult: ...
+
+    async def claim(
+        self, wanted: dict[str, dict[str, str]], timeout_ms: int
+    ) -> tuple[dict[str, Any], dict[str, Any]]: ...
 
 
 def _bad(msg: str, errcode: str = Codes.INVALID_PARAM) -> MatrixError:
@@ -64,30 +84,45 @@ def _single_ed25519(key: JsonDict, what: str) -> tuple[str, str]:
     return key_id, value
 
 
+def _timeout_ms(body: JsonDict) -> int:
+    value = body.get("timeout", DEFAULT_TIMEOUT_MS)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _bad("timeout must be a non-negative integer (milliseconds)")
+    return min(value, MAX_TIMEOUT_MS)
+
+
 class E2EKeyService:
     def __init__(
         self,
         *,
+        server_name: str,
         keys: E2EKeyRepository,
         rooms: RoomRepository,
-        notifier: Notifier,
         shared_users: SharedUsers,
+        device_list_changed: DeviceListChanged,
+        remote: RemoteKeys | None = None,
     ) -> None:
+        self._server_name = server_name
         self._keys = keys
         self._rooms = rooms
-        self._notifier = notifier
         self._shared_users = shared_users
+        self._changed = device_list_changed
+        # Keys of other servers' users (set by the federation wiring; None: local only).
+        self.remote = remote
 
     async def current_position(self) -> int:
         return await self._keys.device_list_ids.current()
 
-    async def _device_list_changed(self, user_id: str) -> None:
-        stream_id = await self._keys.mark_device_list_changed(user_id)
-        self._notifier.notify("device_lists", stream_id, await self._shared_users(user_id) | {user_id})
+    def _is_local(self, user_id: str) -> bool:
+        return user_id.endswith(":" + self._server_name)
 
     def on_devices_deleted(self, user_id: str, device_ids: list[str]) -> None:
         """Listener for device deletions: the user's device list changed."""
-        d = defer.ensureDeferred(self._device_list_changed(user_id))
+
+        async def changed() -> None:
+            await self._changed(user_id, device_ids)
+
+        d = defer.ensureDeferred(changed())
         d.addErrback(lambda f: logger.error("device list update for %s failed: %s", user_id, f.getTraceback()))
 
     # -- /keys/upload --------------------------------------------------------------------
@@ -110,7 +145,7 @@ class E2EKeyService:
             existing = await self._keys.get_device_keys(user_id, device_id)
             if existing != device_keys:
                 await self._keys.set_device_keys(user_id, device_id, device_keys)
-                await self._device_list_changed(user_id)
+                await self._changed(user_id, [device_id])
         if otks:
             conflicts = await self._keys.add_one_time_keys(user_id, device_id, otks)
             if conflicts:
@@ -173,7 +208,10 @@ class E2EKeyService:
             except InvalidID:
                 raise _bad(f"device_keys: invalid user ID {user_id!r}") from None
             wanted[user_id] = devices
-        found = await self._keys.query_devices(wanted)
+        timeout_ms = _timeout_ms(body)
+        local = {u: d for u, d in wanted.items() if self._is_local(u)}
+        remote = {u: d for u, d in wanted.items() if u not in local}
+        found = await self._keys.query_devices(local)
         signatures = await self._keys.get_signatures(list(wanted))
         device_keys: dict[str, dict[str, JsonDict]] = {}
         for user_id, devices in found.items():
@@ -184,9 +222,11 @@ class E2EKeyService:
                 keys = self._with_signatures(keys, signatures.get((user_id, device_id), []))
                 keys["unsigned"] = {"device_display_name": display_name} if display_name else {}
                 out[device_id] = keys
-        cross = await self._keys.get_cross_signing_keys(list(wanted))
+        cross = await self._keys.get_cross_signing_keys(list(local))
         result: JsonDict = {"device_keys": device_keys, "failures": {}, "master_keys": {}, "self_signing_keys": {}}
         result["user_signing_keys"] = {}
+        if remote and self.remote is not None:
+            self._add_remote_keys(result, await self.remote.query(remote, timeout_ms), signatures)
         for user_id, keys_by_type in cross.items():
             if "master" in keys_by_type:
                 master = keys_by_type["master"]
@@ -199,6 +239,26 @@ class E2EKeyService:
             if "user_signing" in keys_by_type and user_id == requester.user_id:
                 result["user_signing_keys"][user_id] = keys_by_type["user_signing"]
         return result
+
+    def _add_remote_keys(
+        self, result: JsonDict, found: RemoteQueryResult, signatures: dict[tuple[str, str], list[tuple[str, str, str]]]
+    ) -> None:
+        """Remote users' keys, with the signatures our users made on them (verification)."""
+        for user_id, devices in found.device_keys.items():
+            result["device_keys"][user_id] = {
+                device_id: self._with_signatures(keys, signatures.get((user_id, device_id), []))
+                for device_id, keys in devices.items()
+            }
+        for user_id, master in found.master_keys.items():
+            try:
+                key_id, _ = _single_ed25519(master, "master_key")
+            except MatrixError:
+                continue  # not a usable master key: leave it out
+            result["master_keys"][user_id] = self._with_signatures(
+                master, signatures.get((user_id, key_id.split(":", 1)[1]), [])
+            )
+        result["self_signing_keys"].update(found.self_signing_keys)
+        result["failures"].update(found.failures)
 
     @staticmethod
     def _with_signatures(keys: JsonDict, extra: list[tuple[str, str, str]]) -> JsonDict:
@@ -215,15 +275,24 @@ class E2EKeyService:
         if not isinstance(wanted_raw, dict):
             raise _bad("one_time_keys must be an object", Codes.BAD_JSON)
         wanted = []
+        remote: dict[str, dict[str, str]] = {}
         for user_id, devices in wanted_raw.items():
             if not isinstance(devices, dict) or not all(isinstance(a, str) for a in devices.values()):
                 raise _bad(f"one_time_keys.{user_id} must map device IDs to algorithms", Codes.BAD_JSON)
-            wanted += [(user_id, device_id, algorithm) for device_id, algorithm in devices.items()]
+            if self._is_local(user_id):
+                wanted += [(user_id, device_id, algorithm) for device_id, algorithm in devices.items()]
+            else:
+                remote[user_id] = devices
+        timeout_ms = _timeout_ms(body)
         claimed = await self._keys.claim_keys(wanted)
         out: dict[str, dict[str, JsonDict]] = {}
         for (user_id, device_id), (key_id, key) in claimed.items():
             out.setdefault(user_id, {})[device_id] = {key_id: key}
-        return {"one_time_keys": out, "failures": {}}
+        failures: dict[str, Any] = {}
+        if remote and self.remote is not None:
+            remote_keys, failures = await self.remote.claim(remote, timeout_ms)
+            out.update(remote_keys)
+        return {"one_time_keys": out, "failures": failures}
 
     # -- device list tracking ----------------------------------------------------------
 
@@ -259,7 +328,9 @@ class E2EKeyService:
         changed, left = await self.device_list_delta(requester.user_id, since, upto)
         return {"changed": sorted(changed), "left": sorted(left)}
 
-    async def sync_extension(self, requester: Requester, since: StreamToken | None, now: StreamToken, body: JsonDict) -> None:
+    async def sync_extension(
+        self, requester: Requester, since: StreamToken | None, now: StreamToken, body: JsonDict
+    ) -> None:
         if requester.device_id is not None:
             body["device_one_time_keys_count"] = await self.one_time_key_counts(requester.user_id, requester.device_id)
             body["device_unused_fallback_key_types"] = await self._keys.unused_fallback_key_types(
@@ -302,11 +373,13 @@ class E2EKeyService:
         master_id, master_key = _single_ed25519(master, "master_key")
         for key_type in ("self_signing", "user_signing"):
             if key_type in new:
-                _verify(new[key_type], user_id, master_id, master_key, f"{key_type}_key (must be signed by the master key)")
+                _verify(
+                    new[key_type], user_id, master_id, master_key, f"{key_type}_key (must be signed by the master key)"
+                )
         for key_type, key in new.items():
             await self._keys.set_cross_signing_key(user_id, key_type, key)
         if new:
-            await self._device_list_changed(user_id)
+            await self._changed(user_id, [None])
 
     async def upload_signatures(self, requester: Requester, body: JsonDict) -> JsonDict:
         """Store signatures that verify; report the others per key, as the spec asks."""
@@ -315,20 +388,22 @@ class E2EKeyService:
         own = cross.get(user_id, {})
         failures: dict[str, dict[str, JsonDict]] = {}
         rows: list[tuple[str, str, str, str, str]] = []
-        changed: set[str] = set()
+        changed: dict[str, set[str | None]] = {}
+        own_devices = set((await self._keys.query_devices({user_id: []})).get(user_id, {}))
         for target_user, objects in body.items():
             if not isinstance(objects, dict):
                 raise _bad(f"{target_user} must map key IDs to signed keys", Codes.BAD_JSON)
             for target_key_id, signed in objects.items():
                 try:
                     rows += await self._check_signature(user_id, own, target_user, target_key_id, signed)
-                    changed.add(target_user)
+                    signed_device = target_user == user_id and target_key_id in own_devices
+                    changed.setdefault(target_user, set()).add(target_key_id if signed_device else None)
                 except MatrixError as e:
                     failures.setdefault(target_user, {})[target_key_id] = {"errcode": e.errcode, "error": e.msg}
         if rows:
             await self._keys.add_signatures(rows)
-        for target in changed:
-            await self._device_list_changed(target)
+        for target, what in changed.items():
+            await self._changed(target, sorted(what, key=lambda d: d or ""))
         return {"failures": failures}
 
     async def _check_signature(
@@ -378,7 +453,9 @@ class E2EKeyService:
                 signer_id, signer_key = key_id, dev[0]["keys"].get(key_id, "")
             if key_id != signer_id:
                 continue
-            _verify({**signed, "signatures": {user_id: {key_id: signature}}}, user_id, key_id, signer_key, target_key_id)
+            _verify(
+                {**signed, "signatures": {user_id: {key_id: signature}}}, user_id, key_id, signer_key, target_key_id
+            )
             rows.append((target_user, target_key_id, user_id, key_id, signature))
         if not rows:
             raise _bad("No signature by the expected key")
@@ -395,7 +472,9 @@ class E2EKeyService:
 
         ``stream_id`` is the device-list stream position, which only grows, so a remote server
         can tell a newer list from an older one."""
-        stream_id = await self.current_position()
+        # The position of the user's latest device change: the prev_id our next
+        # m.device_list_update for this user will carry, so the asker can chain it.
+        stream_id = await self._keys.last_device_change(user_id) or await self.current_position()
         found = (await self._keys.query_devices({user_id: []})).get(user_id, {})
         signatures = await self._keys.get_signatures([user_id])
         devices: list[JsonDict] = []

@@ -146,9 +146,11 @@ class RoomEventService:
         redacts: str | None = None,
         room_version: RoomVersion | None = None,
         extra_check: Callable[[Event, StateMap], Any] | None = None,
+        origin_server_ts: int | None = None,
     ) -> SentEvent:
         """Build, authorise, persist and announce an event.  ``room_id`` is None only for
-        a v12 create event, whose ID names the room."""
+        a v12 create event, whose ID names the room.  ``origin_server_ts`` overrides the
+        clock (an application service importing history)."""
         if txn is not None:
             existing = await self._events.get_event_id_for_txn(txn.user_id, txn.device_id, txn.txn_id)
             if existing is not None:
@@ -158,7 +160,8 @@ class RoomEventService:
 
         async def locked() -> SentEvent:
             return await self._send_locked(
-                room_id, sender, event_type, content, state_key, txn, redacts, room_version, extra_check
+                room_id, sender, event_type, content, state_key, txn, redacts, room_version, extra_check,
+                origin_server_ts,
             )
 
         if room_id is None:
@@ -176,6 +179,7 @@ class RoomEventService:
         redacts: str | None,
         room_version: RoomVersion | None,
         extra_check: Callable[[Event, StateMap], Any] | None,
+        origin_server_ts: int | None = None,
     ) -> SentEvent:
         if txn is not None:  # re-check under the lock: a retry may have raced the first send
             existing = await self._events.get_event_id_for_txn(txn.user_id, txn.device_id, txn.txn_id)
@@ -231,17 +235,19 @@ class RoomEventService:
                 raise MatrixError(400, Codes.BAD_JSON, f"Invalid event content: {e}") from None
             return built
 
-        event = build(self._clock.time_msec())
+        event = build(origin_server_ts if origin_server_ts is not None else self._clock.time_msec())
         auth_events = await self._auth_events_for(room_version, event, state_before)
         try:
             check_auth_rules(room_version, event, auth_events)
         except AuthError as e:
             raise forbidden(e.msg) from None
-        if extra_check is not None:
-            await defer.maybeDeferred(extra_check, event, state_before)
+        # Policy first: a refused invite must not reach the invitee's server (extra_check
+        # may be the remote countersigning of an invite).
         refusal = await self.check_policies(event, state_before)
         if refusal is not None:
             raise forbidden(refusal)
+        if extra_check is not None:
+            await defer.maybeDeferred(extra_check, event, state_before)
 
         current_delta: dict[StateKey, str | None] | None = None
         if event.is_state():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,8 @@ class LoginService:
         self._hasher = hasher
         self._limits = ratelimiters
         self.password_login_enabled = password_login_enabled
+        # Set by the government policy: (medium, address) -> the user bound to it, or None.
+        self.threepid_lookup: Callable[[str, str], Awaitable[str | None]] | None = None
 
     def login_flows(self) -> list[dict[str, Any]]:
         flows: list[dict[str, Any]] = []
@@ -74,6 +77,21 @@ class LoginService:
             return parsed.to_string()
         return UserID(user.lower(), self.server_name).to_string()
 
+    async def _login_user_id(self, auth: dict[str, Any]) -> str:
+        """The user ID of a login body; ``m.id.thirdparty`` (medium email) is looked up."""
+        identifier = auth.get("identifier")
+        if not isinstance(identifier, dict) or identifier.get("type") != "m.id.thirdparty":
+            return self.user_id_from_identifier(auth)
+        medium, address = identifier.get("medium"), identifier.get("address")
+        if not isinstance(medium, str) or not isinstance(address, str) or not address:
+            raise MatrixError(400, Codes.MISSING_PARAM, "identifier needs medium and address strings")
+        if medium != "email" or self.threepid_lookup is None:
+            raise MatrixError(400, Codes.INVALID_PARAM, f"Parameter identifier.medium {medium!r} is not supported")
+        user_id = await self.threepid_lookup(medium, address.strip().lower())
+        if user_id is None:
+            raise forbidden("Invalid username or password")  # as for a wrong password: no account probing
+        return user_id
+
     async def check_password(self, user_id: str, password: Any) -> str:
         """Return the canonical user ID if the password is right, else raise M_FORBIDDEN.
 
@@ -102,7 +120,7 @@ class LoginService:
 
     async def login_with_password(self, body: dict[str, Any], *, ip: str) -> dict[str, Any]:
         self._limits.address.check(ip)
-        user_id = self.user_id_from_identifier(body)
+        user_id = await self._login_user_id(body)
         if UserID.parse(user_id).domain != self.server_name:
             raise forbidden("Invalid username or password")
         self._limits.account.check(user_id.lower())
@@ -120,6 +138,11 @@ class LoginService:
             raise MatrixError(400, Codes.BAD_JSON, "Parameter refresh_token must be a boolean")
         return await self.create_session(user_id, device_id, display_name, refreshable=refresh)
 
+    async def user_exists(self, user_id: str) -> bool:
+        """Whether an active account has this ID (application-service login)."""
+        user = await self._accounts.get_user(user_id)
+        return user is not None and not user.deactivated
+
     async def create_session(
         self, user_id: str, device_id: str | None, display_name: str | None, *, refreshable: bool
     ) -> dict[str, Any]:
@@ -131,7 +154,7 @@ class LoginService:
 
     async def password_stage(self, auth: dict[str, Any], ctx: UIAContext) -> str:
         """UIA's m.login.password: the password of the user the session is for."""
-        user_id = self.user_id_from_identifier(auth)
+        user_id = await self._login_user_id(auth)
         if "password" not in auth:
             raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: password")
         checked = await self.check_password(user_id, auth["password"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from homeserver.core.errors import Codes, MatrixError, forbidden, not_found
 from homeserver.events.power_levels import get_redact_level, get_user_power_level
@@ -16,6 +16,18 @@ from homeserver.storage.state import StateRepository
 from homeserver.storage.timeline import TimelineRepository, TopoKey
 
 MAX_PAGE = 1000
+# Backward pages fetch missing history from other servers at most this many times.
+BACKFILL_ROUNDS = 3
+
+
+class Backfiller(Protocol):
+    """Fetches a room's missing history from other servers (federation/backfill.py)."""
+
+    async def backfill(self, room_id: str, *, min_depth: int | None, max_depth: int, limit: int) -> bool:
+        """Fill the holes behind the events of ``room_id`` between depths ``min_depth``
+        (None: no lower bound) and ``max_depth``; True when events were added.  Bounded in
+        time: answers False rather than keep a client waiting."""
+        ...
 
 
 def parse_topo_token(token: str, param: str) -> TopoKey | None:
@@ -48,6 +60,8 @@ class MessageService:
         self._timeline = timeline
         self._rooms = rooms
         self.presenter = presenter
+        # Set when federation is on: /messages then pages into history from before our join.
+        self.backfiller: Backfiller | None = None
 
     async def _require_joined(self, user_id: str, room_id: str) -> None:
         membership = await self._rooms.get_membership(room_id, user_id)
@@ -67,6 +81,7 @@ class MessageService:
         *,
         state_key: str | None = None,
         txn_id: str | None = None,
+        origin_server_ts: int | None = None,
     ) -> SentEvent:
         if event_type == "m.room.create":
             raise forbidden("m.room.create can only be sent at room creation")
@@ -82,7 +97,7 @@ class MessageService:
         txn = TxnIdInfo(requester.user_id, requester.device_id or "", txn_id) if txn_id is not None else None
         return await self._events.send(
             room_id=room_id, sender=requester.user_id, event_type=event_type, content=content,
-            state_key=state_key, txn=txn,
+            state_key=state_key, txn=txn, origin_server_ts=origin_server_ts,
         )
 
     async def _check_encryption_not_weakened(self, room_id: str, content: dict[str, Any]) -> None:
@@ -232,22 +247,18 @@ class MessageService:
             else:
                 start = parsed
         end_key = parse_topo_token(to_token, "to") if to_token else None
-        collected: list[StoredEvent] = []
-        cursor = start
-        exhausted = False
-        # Filtering can drop events: page on until the limit is met or history ends.
-        while len(collected) < limit and not exhausted:
-            page = await self._timeline.paginate(room_id, start=cursor, backwards=backwards, limit=limit, end=end_key)
-            if len(page) < limit:
-                exhausted = True
-            if not page:
+        collected, cursor, exhausted = await self._page(requester, room_id, start, end_key, backwards, limit, event_filter)
+        rounds = BACKFILL_ROUNDS if backwards and self.backfiller is not None and limit > 0 else 0
+        for _ in range(rounds):
+            # History before the page's oldest event, or a hole inside the page: ask
+            # the room's other servers for it, then read the page again.
+            assert self.backfiller is not None
+            lowest = None if exhausted else cursor.depth
+            if not await self.backfiller.backfill(room_id, min_depth=lowest, max_depth=start.depth, limit=limit):
                 break
-            cursor = page[-1][1]
-            fetched = await self._store.get_events([e for e, _ in page])
-            batch = [fetched[e] for e, _ in page if e in fetched]
-            if event_filter is not None:
-                batch = [s for s in batch if event_filter.matches(s.event.dict)]
-            collected.extend(await self.presenter.filter_visible(requester.user_id, batch))
+            collected, cursor, exhausted = await self._page(
+                requester, room_id, start, end_key, backwards, limit, event_filter
+            )
         end: TopoKey | None = None
         if len(collected) > limit:
             collected = collected[:limit]
@@ -264,6 +275,36 @@ class MessageService:
             members = await self._store.get_events([current[("m.room.member", u)] for u in senders if ("m.room.member", u) in current])
             body["state"] = await self.presenter.serialize(list(members.values()), user_id=None, device_id=None, with_relations=False)
         return body
+
+    async def _page(
+        self,
+        requester: Requester,
+        room_id: str,
+        start: TopoKey,
+        end_key: TopoKey | None,
+        backwards: bool,
+        limit: int,
+        event_filter: RoomEventFilter | None,
+    ) -> tuple[list[StoredEvent], TopoKey, bool]:
+        """The visible events from ``start`` on (at least ``limit`` unless history ends),
+        the position reached and whether history ended there."""
+        collected: list[StoredEvent] = []
+        cursor = start
+        exhausted = False
+        # Filtering can drop events: page on until the limit is met or history ends.
+        while len(collected) < limit and not exhausted:
+            page = await self._timeline.paginate(room_id, start=cursor, backwards=backwards, limit=limit, end=end_key)
+            if len(page) < limit:
+                exhausted = True
+            if not page:
+                break
+            cursor = page[-1][1]
+            fetched = await self._store.get_events([e for e, _ in page])
+            batch = [fetched[e] for e, _ in page if e in fetched]
+            if event_filter is not None:
+                batch = [s for s in batch if event_filter.matches(s.event.dict)]
+            collected.extend(await self.presenter.filter_visible(requester.user_id, batch))
+        return collected, cursor, exhausted
 
     async def context(
         self, requester: Requester, room_id: str, event_id: str, *, limit: int, event_filter: RoomEventFilter | None = None

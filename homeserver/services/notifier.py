@@ -7,7 +7,7 @@ process; the per-user record holds only the latest token each user was woken at.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from twisted.internet import defer
 
@@ -21,6 +21,8 @@ class Notifier:
         self.current = StreamToken()
         self._user_latest: dict[str, StreamToken] = {}
         self._waiters: dict[str, list[defer.Deferred[None]]] = {}
+        # Called on every notification, e.g. to forward to application services; must not block.
+        self.listeners: list[Callable[[str, int, Collection[str]], None]] = []
 
     def set_position(self, stream: str, position: int) -> None:
         """Record a position reached without waking anyone (start-up)."""
@@ -29,6 +31,8 @@ class Notifier:
     def notify(self, stream: str, position: int, users: Collection[str]) -> None:
         """``stream`` reached ``position``; wake these users' /sync requests."""
         self.current = self.current.advance(stream, position)
+        for listener in self.listeners:
+            listener(stream, position, users)
         for user_id in users:
             latest = self._user_latest.get(user_id, StreamToken())
             self._user_latest[user_id] = latest.advance(stream, position)

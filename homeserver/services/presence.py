@@ -1,11 +1,15 @@
 """Presence: online / unavailable / offline with a status message, shared with room-mates.
 
 Kept simple and cheap: a state change is stored and pushed to users who share a room;
-"online" decays to "unavailable" after idle time when read, not by timers.
+"online" decays to "unavailable" after idle time when read, not by timers.  A local
+change is also handed to ``on_local_presence`` (the federation sender, for the servers
+sharing a room with the user); other servers' changes come in through
+:meth:`PresenceService.apply_remote_presence`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from homeserver.core.clock import Clock
@@ -22,6 +26,9 @@ IDLE_AFTER_MS = 5 * 60 * 1000
 # Re-announcing an unchanged "online" more often than this is pointless churn.
 _REFRESH_MS = 60 * 1000
 
+# (user_id, m.presence content as other servers see it)
+PresenceListener = Callable[[str, dict[str, Any]], Awaitable[None]]
+
 
 class PresenceService:
     def __init__(self, *, clock: Clock, db: Database, notifier: Notifier, rooms: RoomRepository, enabled: bool) -> None:
@@ -32,11 +39,14 @@ class PresenceService:
         self.enabled = enabled
         self.ids = StreamIdAllocator(db, "presence")
         self._last: dict[str, tuple[str, str | None, int]] = {}
+        self.on_local_presence: PresenceListener | None = None
 
     async def current_position(self) -> int:
         return await self.ids.current()
 
-    async def set_presence(self, user_id: str, state: str, status_msg: str | None = None, *, from_sync: bool = False) -> None:
+    async def set_presence(
+        self, user_id: str, state: str, status_msg: str | None = None, *, from_sync: bool = False
+    ) -> None:
         if state not in STATES:
             raise MatrixError(400, Codes.INVALID_PARAM, "Parameter presence must be online, unavailable or offline")
         if not self.enabled:
@@ -48,6 +58,19 @@ class PresenceService:
                 return
             status_msg = previous[1]
         self._last[user_id] = (state, status_msg, now)
+        await self._store(user_id, state, status_msg, now)
+        if self.on_local_presence is not None:
+            await self.on_local_presence(user_id, self._content(state, status_msg, now))
+
+    async def apply_remote_presence(
+        self, user_id: str, state: str, status_msg: str | None, last_active_ago: int
+    ) -> None:
+        """The presence of a user of another server (the caller checked the origin)."""
+        if not self.enabled or state not in STATES:
+            return
+        await self._store(user_id, state, status_msg, self._clock.time_msec() - max(last_active_ago, 0))
+
+    async def _store(self, user_id: str, state: str, status_msg: str | None, now: int) -> None:
         async with self.ids.lock:
             stream_id = await self.ids.next_id()
 
@@ -89,7 +112,9 @@ class PresenceService:
             content["status_msg"] = status_msg
         return content
 
-    async def sync_extension(self, requester: Requester, since: StreamToken | None, now: StreamToken, body: dict[str, Any]) -> None:
+    async def sync_extension(
+        self, requester: Requester, since: StreamToken | None, now: StreamToken, body: dict[str, Any]
+    ) -> None:
         if not self.enabled or (since is not None and since.presence >= now.presence):
             return
         users = await self._rooms.shared_room_users(requester.user_id)
@@ -108,5 +133,6 @@ class PresenceService:
 
         rows = await self._db.run_interaction("presence_since", txn_fn)
         body["presence"]["events"] = [
-            {"type": "m.presence", "sender": str(r[0]), "content": self._content(str(r[1]), r[2], int(r[3]))} for r in rows
+            {"type": "m.presence", "sender": str(r[0]), "content": self._content(str(r[1]), r[2], int(r[3]))}
+            for r in rows
         ]

@@ -49,37 +49,60 @@ class EventPresenter:
             return []
         groups = await self._state.get_groups_for_events([s.event.event_id for s in stored])
         current: dict[str, str | None] = dict(memberships or {})
+        for room_id in {s.event.room_id for s in stored} - current.keys():
+            membership = await self._rooms.get_membership(room_id, user_id)
+            current[room_id] = membership.membership if membership else None
+        # Load each state once, then the member and history-visibility events they point
+        # to in one batch: the rules themselves are then plain lookups.
+        states = await self._state.get_states(set(groups.values()))
+        member_key = ("m.room.member", user_id)
+        wanted = set()
+        for state in states.values():
+            for key in (member_key, HISTORY_VISIBILITY_KEY):
+                event_id = state.get(key)
+                if event_id is not None:
+                    wanted.add(event_id)
+        fetched = await self._events.get_events(wanted)
         out = []
+        # Events after the same state share a verdict (one's own membership events aside).
+        verdicts: dict[tuple[int, str], bool] = {}
         for item in stored:
             event = item.event
             if item.rejected_reason is not None:
                 continue
-            room_id = event.room_id
-            if room_id not in current:
-                membership = await self._rooms.get_membership(room_id, user_id)
-                current[room_id] = membership.membership if membership else None
             group = groups.get(event.event_id)
             if group is None:
                 continue
-            state = await self._state.get_state(group)
-            if await self._visible(user_id, event, state, current[room_id]):
+            if event.state_key == user_id and event.type == "m.room.member":
+                out.append(item)  # one's own membership changes are always visible
+                continue
+            group_room = (group, event.room_id)
+            verdict = verdicts.get(group_room)
+            if verdict is None:
+                verdict = verdicts[group_room] = self._visible(user_id, states[group], current[event.room_id], fetched)
+            if verdict:
                 out.append(item)
         return out
 
-    async def _visible(self, user_id: str, event: Event, state: dict[tuple[str, str], str], current: str | None) -> bool:
-        if event.type == "m.room.member" and event.state_key == user_id:
-            return True  # one's own membership changes are always visible
+    @staticmethod
+    def _visible(
+        user_id: str,
+        state: dict[tuple[str, str], str],
+        current: str | None,
+        fetched: dict[str, StoredEvent],
+    ) -> bool:
+        """Whether an event (not the user's own membership) after ``state`` is visible."""
         member_id = state.get(("m.room.member", user_id))
         at_event = None
         if member_id is not None:
-            member = await self._events.get_event(member_id)
+            member = fetched.get(member_id)
             at_event = member.event.content.get("membership") if member else None
         if at_event == "join":
             return True
         visibility = "shared"
         hv_id = state.get(HISTORY_VISIBILITY_KEY)
         if hv_id is not None:
-            hv = await self._events.get_event(hv_id)
+            hv = fetched.get(hv_id)
             if hv is not None:
                 visibility = str(hv.event.content.get("history_visibility", "shared"))
         if visibility == "world_readable":

@@ -6,6 +6,7 @@ so /sync can show unread and highlight counts.  Rulesets are cached per user.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from homeserver.core.errors import not_found
@@ -43,13 +44,17 @@ class PushRuleService:
         rooms: RoomRepository,
         receipts: ReceiptRepository,
         events: RoomEventService,
+        server_name: str,
     ) -> None:
+        self._server_name = server_name
         self._rules = rules
         self._account_data = account_data
         self._rooms = rooms
         self._receipts = receipts
         self._events = events
         self._cache: dict[str, PushRuleset] = {}
+        # Users who get no notifications at all (the policy's expired accounts).
+        self.muted_users: list[Callable[[str], Awaitable[bool]]] = []
 
     async def ruleset(self, user_id: str) -> PushRuleset:
         cached = self._cache.get(user_id)
@@ -107,9 +112,17 @@ class PushRuleService:
     # -- notification counts -----------------------------------------------------------
 
     async def on_new_event(self, event: Event, stream: int, state: StateMap) -> None:
-        """Evaluate ``event`` for every joined member but its sender and record what notifies."""
+        """Evaluate ``event`` for every local joined member but its sender and record what
+        notifies.  Remote members are left to their own servers, which hold their rules."""
         members = await self._rooms.members(event.room_id)
-        if not members:
+        targets = [m for m in members if m.user_id != event.sender and self.is_local(m.user_id)]
+        if event.type == "m.room.member" and event.state_key and event.state_key != event.sender:
+            # An invite notifies its target, who is not yet a member.
+            invitee = event.state_key
+            if event.content.get("membership") == "invite" and self.is_local(invitee):
+                if all(m.user_id != invitee for m in targets):
+                    targets.append(Membership(event.room_id, invitee, "invite", event.event_id, stream, event.sender, None, None))
+        if not targets:
             return
         fetched = await self._events.current_state_events(
             event.room_id, [("m.room.create", ""), ("m.room.power_levels", "")]
@@ -121,12 +134,9 @@ class PushRuleService:
         relates = event.content.get("m.relates_to")
         thread_id = relates.get("event_id") if isinstance(relates, dict) and relates.get("rel_type") == "m.thread" else None
         actions: list[tuple[str, bool, bool]] = []
-        targets = [m for m in members if m.user_id != event.sender]
-        if event.type == "m.room.member" and event.state_key and event.state_key != event.sender:
-            # An invite notifies its target, who is not yet a member.
-            if event.content.get("membership") == "invite" and all(m.user_id != event.state_key for m in targets):
-                targets.append(Membership(event.room_id, event.state_key, "invite", event.event_id, stream, event.sender, None, None))
         for member in targets:
+            if self.muted_users and any([await muted(member.user_id) for muted in self.muted_users]):
+                continue
             result = evaluate(
                 await self.ruleset(member.user_id),
                 event_json,
@@ -140,6 +150,10 @@ class PushRuleService:
             if notify:
                 actions.append((member.user_id, notify, highlight))
         await self._receipts.add_push_actions(event.room_id, event.event_id, stream, thread_id or "", actions)
+
+    def is_local(self, user_id: str) -> bool:
+        """Whether ``user_id`` belongs to this server (push rules exist only for those)."""
+        return user_id.partition(":")[2] == self._server_name
 
     async def sync_extension(self, requester: Any, since: Any, now: Any, body: dict[str, Any]) -> None:
         """An initial /sync carries the push rules as m.push_rules account data."""

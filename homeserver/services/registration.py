@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from homeserver.core.clock import Clock
@@ -52,6 +53,16 @@ class RegistrationService:
         self.settings = settings
         self._policy = password_policy
         self._nonces: dict[str, float] = {}
+        # E-mail based accounts (services/policy/email_accounts.py): whether the
+        # m.login.email.identity stage is offered / required, how a validated address
+        # names the account, and what runs once an account exists (3PID, display name,
+        # account validity): (user_id, completed UIA stages).
+        self.email_stage_offered = False
+        self.email_stage_required = False
+        self.localpart_from_email: Callable[[str], str] | None = None
+        self.post_registration_hooks: list[Callable[[str, dict[str, Any]], Awaitable[None]]] = []
+        # (user_id, acting application service or None) -> raise M_EXCLUSIVE if reserved
+        self.reserved_username_check: Callable[[str, Any], None] | None = None
 
     # -- usernames ---------------------------------------------------------------------
 
@@ -75,8 +86,10 @@ class RegistrationService:
             raise MatrixError(400, Codes.INVALID_USERNAME, f"User ID may not be longer than {MAX_ID_LENGTH} characters")
         return localpart
 
-    async def check_available(self, localpart: str) -> None:
+    async def check_available(self, localpart: str, *, app_service: Any = None) -> None:
         self.validate_localpart(localpart)
+        if self.reserved_username_check is not None:
+            self.reserved_username_check(self.user_id_for(localpart), app_service)
         if await self._accounts.find_user_case_insensitive(self.user_id_for(localpart)):
             raise MatrixError(400, Codes.USER_IN_USE, "User ID already taken.")
 
@@ -98,6 +111,7 @@ class RegistrationService:
         user_type: str | None = None,
         check_policy: bool = True,
         password_hash: str | None = None,
+        app_service: Any = None,
     ) -> str:
         """Create the account and return its user ID (no device, no token).
 
@@ -112,10 +126,13 @@ class RegistrationService:
                 check_password_policy(password, self._policy)
             password_hash = await self._hasher.hash(password)
         user_id = self.user_id_for(localpart)
+        if self.reserved_username_check is not None and not guest:
+            self.reserved_username_check(user_id, app_service)
         if await self._accounts.find_user_case_insensitive(user_id):
             raise MatrixError(400, Codes.USER_IN_USE, "User ID already taken.")
         created = await self._accounts.create_user(
-            user_id, password_hash, self._clock.time_msec(), is_admin=admin, is_guest=guest, user_type=user_type
+            user_id, password_hash, self._clock.time_msec(), is_admin=admin, is_guest=guest, user_type=user_type,
+            appservice_id=getattr(app_service, "id", None),
         )
         if not created:
             raise MatrixError(400, Codes.USER_IN_USE, "User ID already taken.")
@@ -124,9 +141,28 @@ class RegistrationService:
     # -- /register flows ---------------------------------------------------------------
 
     def registration_flows(self) -> list[list[str]]:
-        if self.settings.registration_requires_token:
-            return [["m.login.registration_token"]]
-        return [["m.login.dummy"]]
+        base = ["m.login.registration_token"] if self.settings.registration_requires_token else []
+        email = "m.login.email.identity"
+        if self.email_stage_required:
+            return [[*base, email]]
+        flows = [base or ["m.login.dummy"]]
+        if self.email_stage_offered:
+            flows.append([*base, email])
+        return flows
+
+    def localpart_for(self, username: str | None, completed: dict[str, Any]) -> str | None:
+        """The account's localpart: derived from the validated address when e-mail based
+        accounts are on (the address names the account), else the requested one."""
+        validated = completed.get("m.login.email.identity")
+        if self.localpart_from_email is not None and isinstance(validated, dict):
+            address = validated.get("address")
+            if isinstance(address, str):
+                return self.localpart_from_email(address)
+        return username
+
+    async def after_registration(self, user_id: str, completed: dict[str, Any]) -> None:
+        for hook in self.post_registration_hooks:
+            await hook(user_id, completed)
 
     async def registration_token_stage(self, auth: dict[str, Any], ctx: UIAContext) -> str:
         token = auth.get("token")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import secrets
 import string
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError, forbidden, not_found
 from homeserver.core.ids import InvalidID, RoomAlias, RoomID, UserID
+from homeserver.events.model import Event
 from homeserver.events.power_levels import (
     CREATOR_DEFAULT_LEVEL,
     get_required_level_for_event,
@@ -19,6 +20,7 @@ from homeserver.events.power_levels import (
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from homeserver.services.events import RoomEventService, SentEvent
 from homeserver.storage.rooms import RoomRepository
+from homeserver.storage.state import StateMap
 
 PRESETS = ("private_chat", "trusted_private_chat", "public_chat")
 MEMBERSHIP_ACTIONS = ("invite", "join", "leave", "kick", "ban", "unban", "knock")
@@ -42,6 +44,32 @@ class CreateRoomRequest:
 
 
 ProfileLookup = Callable[[str], Awaitable[tuple[str | None, str | None]]]
+# Policy hooks run before a room is created (creator, request): they may refuse it (raise a
+# MatrixError) or return an amended request (initial state, power levels).
+CreateRoomHook = Callable[[str, CreateRoomRequest], Awaitable[CreateRoomRequest]]
+
+
+class RemoteMembership(Protocol):
+    """Membership through other servers (``homeserver.federation.membership``): used when
+    no local user is joined to the room, for remote aliases and for remote invitees."""
+
+    async def resolve_alias(self, alias: str) -> tuple[str, list[str]]: ...
+
+    async def candidate_servers(self, room_id: str, user_id: str, given: Sequence[str]) -> list[str]: ...
+
+    async def join(
+        self, user_id: str, room_id: str, servers: Sequence[str], content: Mapping[str, Any]
+    ) -> tuple[Event, int]: ...
+
+    async def knock(
+        self, user_id: str, room_id: str, servers: Sequence[str], content: Mapping[str, Any]
+    ) -> tuple[Event, int]: ...
+
+    async def leave(
+        self, user_id: str, room_id: str, servers: Sequence[str], content: Mapping[str, Any]
+    ) -> tuple[Event, int]: ...
+
+    async def countersign_invite(self, event: Event, state_before: StateMap) -> None: ...
 
 
 def _random_string(n: int) -> str:
@@ -67,12 +95,25 @@ class RoomService:
         self._profile_of = profile_of
         self.default_room_version = default_room_version
         self._encryption_by_default = encryption_by_default
+        self.create_room_hooks: list[CreateRoomHook] = []
+        # Application services: (user_id, alias) -> raise if reserved; ask about unknown aliases.
+        self.alias_checks: list[Callable[[str, str], None]] = []
+        self.unknown_alias_resolver: Callable[[str], Awaitable[tuple[str, str] | None]] | None = None
+        # Set by app.py when federation is configured: joins of rooms we are not in, etc.
+        self.remote: RemoteMembership | None = None
+        # Set by the government policy: invites by e-mail address (inviter, room_id, body).
+        self.threepid_inviter: Callable[[str, str, Mapping[str, Any]], Awaitable[None]] | None = None
+        # Policy hooks run before a local membership change is sent (sender, room, action,
+        # target): the last admin leaving hands over power first (services/policy).
+        self.before_membership_hooks: list[Callable[[str, str, str, str], Awaitable[None]]] = []
 
     # -- creation ----------------------------------------------------------------------
 
     async def create_room(self, creator: str, req: CreateRoomRequest) -> tuple[str, str | None]:
         """Create the room; returns (room_id, alias).  Everything is validated first, so a
         bad request creates nothing."""
+        for hook in self.create_room_hooks:
+            req = await hook(creator, req)
         version_id = req.room_version or self.default_room_version
         room_version = KNOWN_ROOM_VERSIONS.get(version_id)
         if room_version is None or not room_version.supported:
@@ -204,20 +245,33 @@ class RoomService:
     # -- membership --------------------------------------------------------------------
 
     async def resolve_room(self, room_id_or_alias: str) -> str:
+        return (await self.resolve_room_and_servers(room_id_or_alias))[0]
+
+    async def resolve_room_and_servers(self, room_id_or_alias: str) -> tuple[str, list[str]]:
+        """The room ID, and for a remote alias the servers its server says are in the room."""
         if room_id_or_alias.startswith("#"):
             try:
-                RoomAlias.parse(room_id_or_alias)
+                alias = RoomAlias.parse(room_id_or_alias)
             except InvalidID:
                 raise MatrixError(400, Codes.INVALID_PARAM, "Invalid room alias") from None
+            if alias.domain != self._server_name and self.remote is not None:
+                return await self.remote.resolve_alias(room_id_or_alias)
             found = await self._rooms.get_alias(room_id_or_alias)
+            if found is None and self.unknown_alias_resolver is not None:
+                found = await self.unknown_alias_resolver(room_id_or_alias)
             if found is None:
                 raise not_found("Room alias not found")
-            return found[0]
+            return found[0], []
         try:
             RoomID.parse(room_id_or_alias)
         except InvalidID:
             raise MatrixError(400, Codes.INVALID_PARAM, "Invalid room ID or alias") from None
-        return room_id_or_alias
+        return room_id_or_alias, []
+
+    async def _is_host_in_room(self, room_id: str) -> bool:
+        """Whether a local user is joined to the room (so we have its current state)."""
+        suffix = ":" + self._server_name
+        return any(m.user_id.endswith(suffix) for m in await self._rooms.members(room_id))
 
     async def update_membership(
         self,
@@ -229,13 +283,27 @@ class RoomService:
         reason: str | None = None,
         txn: Any = None,
         extra_content: dict[str, Any] | None = None,
+        servers: Sequence[str] = (),
     ) -> SentEvent:
-        """Join, leave, invite, kick, ban, unban or knock; the auth rules decide what is allowed."""
+        """Join, leave, invite, kick, ban, unban or knock; the auth rules decide what is allowed.
+
+        ``servers`` are the servers to try (the client's ``via``, an alias's servers) when
+        the room must be joined or knocked on through another server."""
         target = target or sender
         try:
-            UserID.parse(target)
+            invitee = UserID.parse(target)
         except InvalidID:
             raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid user ID: {target}") from None
+        if (
+            self.remote is not None
+            and target == sender
+            and action in ("join", "knock", "leave")
+            and not await self._is_host_in_room(room_id)
+        ):
+            candidates = await self.remote.candidate_servers(room_id, sender, servers)
+            # A room of ours that every user left and no other server is in stays local.
+            if candidates or not await self._rooms.room_exists(room_id):
+                return await self._remote_membership(sender, room_id, action, reason, extra_content, candidates)
         if not await self._rooms.room_exists(room_id):
             raise not_found("Unknown room")
         current = await self._events.current_state_event(room_id, "m.room.member", target)
@@ -265,12 +333,51 @@ class RoomService:
             version = await self._events.room_version(room_id)
             if not version.knock_join_rule:
                 raise forbidden(f"Room version {version.identifier} does not support knocking")
+        for hook in self.before_membership_hooks:
+            await hook(sender, room_id, action, target)
         content = await self._member_content(target, membership, reason)
         if extra_content:
             content.update({k: v for k, v in extra_content.items() if k not in ("membership",)})
+        countersign = None
+        if action == "invite" and invitee.domain != self._server_name and self.remote is not None:
+            countersign = self.remote.countersign_invite  # the invitee's server signs first
         return await self._events.send(
-            room_id=room_id, sender=sender, event_type="m.room.member", content=content, state_key=target, txn=txn
+            room_id=room_id,
+            sender=sender,
+            event_type="m.room.member",
+            content=content,
+            state_key=target,
+            txn=txn,
+            extra_check=countersign,
         )
+
+    async def _remote_membership(
+        self,
+        user_id: str,
+        room_id: str,
+        action: str,
+        reason: str | None,
+        extra_content: dict[str, Any] | None,
+        servers: Sequence[str],
+    ) -> SentEvent:
+        """Join, knock on or leave (reject an invite to) a room no local user is in."""
+        assert self.remote is not None
+        if action == "leave":
+            current = await self._rooms.get_membership(room_id, user_id)
+            if current is None or current.membership not in ("invite", "knock"):
+                raise forbidden(f"{user_id} is not in the room") if current else not_found("Unknown room")
+        content = await self._member_content(user_id, action, reason)
+        if extra_content:
+            content.update({k: v for k, v in extra_content.items() if k not in ("membership",)})
+        handshake = {"join": self.remote.join, "knock": self.remote.knock, "leave": self.remote.leave}[action]
+        event, stream = await handshake(user_id, room_id, servers, content)
+        return SentEvent(event, stream)
+
+    async def invite_threepid(self, sender: str, room_id: str, body: Mapping[str, Any]) -> None:
+        """``/invite`` with ``medium`` and ``address`` instead of ``user_id``."""
+        if self.threepid_inviter is None:
+            raise MatrixError(400, Codes.UNRECOGNIZED, "Invites by medium/address are not supported on this server")
+        await self.threepid_inviter(sender, room_id, body)
 
     async def forget(self, user_id: str, room_id: str) -> None:
         membership = await self._rooms.get_membership(room_id, user_id)
@@ -292,14 +399,16 @@ class RoomService:
             raise MatrixError(400, Codes.INVALID_PARAM, "Invalid room alias") from None
         if parsed.domain != self._server_name:
             raise MatrixError(400, Codes.INVALID_PARAM, "Room alias must be on this server")
+        for check in self.alias_checks:
+            check(user_id, alias)
         if not await self._rooms.room_exists(room_id):
             raise not_found("Unknown room")
         if not await self._rooms.create_alias(alias, room_id, user_id, self._clock.time_msec()):
             raise MatrixError(409, Codes.UNKNOWN, "Room alias already exists")
 
     async def get_alias(self, alias: str) -> dict[str, Any]:
-        room_id = await self.resolve_room(alias)
-        return {"room_id": room_id, "servers": [self._server_name]}
+        room_id, servers = await self.resolve_room_and_servers(alias)
+        return {"room_id": room_id, "servers": servers or [self._server_name]}
 
     async def delete_alias(self, user_id: str, alias: str, is_admin: bool) -> None:
         found = await self._rooms.get_alias(alias)

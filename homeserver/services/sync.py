@@ -10,26 +10,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.internet import defer
-
 from homeserver.core.clock import Clock
+from homeserver.events.model import Event
 from homeserver.services.auth import Requester
 from homeserver.services.ephemeral import ReceiptService, TypingService
 from homeserver.services.events import RoomEventService
 from homeserver.services.notifier import Notifier
 from homeserver.services.presenter import EventPresenter
-from homeserver.services.serialize import client_event, strip_state_event
+from homeserver.services.serialize import strip_state_event
 from homeserver.services.streams import StreamToken
 from homeserver.services.userdata import AccountDataService
 from homeserver.storage.events import EventRepository, StoredEvent
 from homeserver.storage.receipts import ReceiptRepository
-from homeserver.storage.rooms import Membership, RoomRepository
+from homeserver.storage.rooms import RoomRepository
 from homeserver.storage.state import StateMap, StateRepository
 from homeserver.storage.timeline import TimelineRepository, TopoKey
 
 DEFAULT_TIMELINE_LIMIT = 10
-# Rooms of one /sync computed at the same time.
-_ROOM_CONCURRENCY = 8
 MAX_TIMEOUT_MS = 5 * 60 * 1000
 STRIPPED_STATE_TYPES = (
     "m.room.create",
@@ -68,6 +65,42 @@ class SyncRequest:
     timeout_ms: int
     full_state: bool
     filter: SyncFilter
+
+
+@dataclass(frozen=True, slots=True)
+class _JoinedWork:
+    """A joined room to report; ``since`` None means from the room's start."""
+
+    room_id: str
+    since: StreamToken | None
+    has_events: bool
+    account_data: list[dict[str, Any]]
+    receipt: dict[str, Any] | None
+
+
+def _filter_view(event: Event) -> dict[str, Any]:
+    """What a client filter looks at in a timeline event (types, senders, rooms, contains_url),
+    without serialising the whole event."""
+    view: dict[str, Any] = {
+        "type": event.type,
+        "sender": event.sender,
+        "room_id": event.room_id,
+        "event_id": event.event_id,
+        "content": event.content,
+    }
+    if event.is_state():
+        view["state_key"] = event.state_key
+    return view
+
+
+def _split(flat: list[dict[str, Any]], groups: dict[str, list[StoredEvent]]) -> dict[str, list[dict[str, Any]]]:
+    """Cut ``flat`` (serialised in the order of ``groups``) back into per-room lists."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    start = 0
+    for room_id, items in groups.items():
+        out[room_id] = flat[start : start + len(items)]
+        start += len(items)
+    return out
 
 
 class SyncService:
@@ -188,8 +221,12 @@ class SyncService:
                 continue  # changed after our upper token: next time
             if m.membership == "join":
                 if since is not None and m.room_id not in rooms_with_events and m.room_id not in changed:
-                    if not (self._typing.typing_event(m.room_id, since.typing) or receipts.get(m.room_id)
-                            or room_data.get(m.room_id) or req.full_state):
+                    if not (
+                        self._typing.typing_event(m.room_id, since.typing)
+                        or receipts.get(m.room_id)
+                        or room_data.get(m.room_id)
+                        or req.full_state
+                    ):
                         continue  # nothing new in this room: skip it without a query
                 joined_work.append(m)
             if m.membership == "invite":
@@ -197,7 +234,9 @@ class SyncService:
                     body["rooms"]["invite"][m.room_id] = await self._invited_room(m.room_id, m.event_id)
             elif m.membership == "knock":
                 if since is None or m.room_id in changed:
-                    body["rooms"]["knock"][m.room_id] = {"knock_state": await self._stripped_state(m.room_id, m.event_id)}
+                    body["rooms"]["knock"][m.room_id] = {
+                        "knock_state": await self._stripped_state(m.room_id, m.event_id)
+                    }
             elif m.membership in ("leave", "ban"):
                 if since is None:
                     include = req.filter.include_leave()
@@ -210,27 +249,20 @@ class SyncService:
                     body["rooms"]["leave"][m.room_id] = await self._left_room(
                         req, m.room_id, m.event_id, m.stream_ordering, since
                     )
-        # Rooms are independent: compute them concurrently (bounded, to spare the pool).
-        limiter = defer.DeferredSemaphore(_ROOM_CONCURRENCY)
-
-        async def sync_joined_room(m: Membership) -> None:
+        # All joined rooms are computed together, a handful of queries for the whole batch.
+        works = []
+        for m in joined_work:
             newly = since is not None and m.room_id in changed and await self._was_not_joined(m.room_id, user_id, since)
-            room = await self._joined_room(
-                req, m.room_id, since if not newly and not req.full_state else None, now,
-                has_events=m.room_id in rooms_with_events or newly or req.full_state,
-                account_data=room_data.get(m.room_id, []),
-                receipt=receipts.get(m.room_id),
+            works.append(
+                _JoinedWork(
+                    room_id=m.room_id,
+                    since=since if not newly and not req.full_state else None,
+                    has_events=m.room_id in rooms_with_events or newly or req.full_state,
+                    account_data=room_data.get(m.room_id, []),
+                    receipt=receipts.get(m.room_id),
+                )
             )
-            if room is not None:
-                body["rooms"]["join"][m.room_id] = room
-
-        def run(m: Membership) -> defer.Deferred[None]:
-            return limiter.run(lambda: defer.ensureDeferred(sync_joined_room(m)))
-
-        try:
-            await defer.gatherResults([run(m) for m in joined_work], consumeErrors=True)
-        except defer.FirstError as e:
-            e.subFailure.raiseException()
+        body["rooms"]["join"].update(await self._joined_rooms(req, works, now))
         for extension in self.extensions:
             await extension(req.requester, since, now, body)
         return body
@@ -256,7 +288,7 @@ class SyncService:
         else:
             prev_batch = (await self._timeline.topo_key_for_stream(room_id, upto)).to_token()
         visible = await self._presenter.filter_visible(req.requester.user_id, stored, memberships=memberships)
-        visible = [s for s in visible if req.filter.timeline_matches(client_event(s.event, now_ms=0))]
+        visible = [s for s in visible if req.filter.timeline_matches(_filter_view(s.event))]
         return visible, limited, prev_batch
 
     async def _state_at_timeline_start(self, timeline: list[StoredEvent], fallback: StateMap) -> StateMap:
@@ -282,72 +314,126 @@ class SyncService:
             return {}
         return await self._state.get_state_after_event(found[0][0]) or {}
 
-    async def _joined_room(
-        self,
-        req: SyncRequest,
-        room_id: str,
-        since: StreamToken | None,
-        now: StreamToken,
-        *,
-        has_events: bool,
-        account_data: list[dict[str, Any]],
-        receipt: dict[str, Any] | None,
-    ) -> dict[str, Any] | None:
+    async def _joined_rooms(self, req: SyncRequest, works: list[_JoinedWork], now: StreamToken) -> dict[str, Any]:
+        """The ``rooms.join`` entries of the rooms in ``works``, computed in one batch:
+        one query for all timelines, one for their state groups, one per kind of
+        per-event data (edits, transaction IDs), one for unread counts, one for summaries."""
         user_id = req.requester.user_id
-        typing = self._typing.typing_event(room_id, since.typing if since else 0)
-        ephemeral = [e for e in (typing, receipt) if e is not None and req.filter.ephemeral_matches(e)]
-        account_data = [e for e in account_data if req.filter.room_account_data_matches(e)]
-        if since is not None and not has_events and not ephemeral and not account_data:
-            return None
-        timeline, limited, prev_batch = await self._timeline_section(
-            req, room_id, since.events if since else None, now.events, "join"
+        todo: list[tuple[_JoinedWork, list[dict[str, Any]], list[dict[str, Any]]]] = []
+        for work in works:
+            typing = self._typing.typing_event(work.room_id, work.since.typing if work.since else 0)
+            ephemeral = [e for e in (typing, work.receipt) if e is not None and req.filter.ephemeral_matches(e)]
+            account_data = [e for e in work.account_data if req.filter.room_account_data_matches(e)]
+            if work.since is not None and not work.has_events and not ephemeral and not account_data:
+                continue
+            todo.append((work, ephemeral, account_data))
+        if not todo:
+            return {}
+        limit = req.filter.timeline_limit(DEFAULT_TIMELINE_LIMIT)
+        recent = await self._timeline.recent_event_ids_many(
+            {w.room_id: w.since.events if w.since else None for w, _, _ in todo}, upto=now.events, limit=limit
         )
-        state_ids: StateMap = {}
-        if since is None:
-            current = {} if timeline else await self._state_at_stream(room_id, now.events)
-            state_ids = await self._state_at_timeline_start(timeline, current)
-        elif limited:
-            at_since = await self._state_at_stream(room_id, since.events)
-            at_start = await self._state_at_timeline_start(timeline, await self._state_at_stream(room_id, now.events))
-            state_ids = {k: v for k, v in at_start.items() if at_since.get(k) != v}
-        if req.filter.lazy_load_members() and state_ids:
-            wanted = {s.event.sender for s in timeline} | {user_id}
-            state_ids = {k: v for k, v in state_ids.items() if k[0] != "m.room.member" or k[1] in wanted}
-        state_events = await self._store.get_events(list(state_ids.values()))
-        timeline_ids = {s.event.event_id for s in timeline}
-        state_list = [state_events[e] for e in state_ids.values() if e in state_events and e not in timeline_ids]
-        state_json = [
-            e for e in await self._presenter.serialize(state_list, user_id=None, device_id=None, with_relations=False)
-            if req.filter.state_matches(e)
-        ]
-        timeline_json = await self._presenter.serialize(
-            timeline, user_id=user_id, device_id=req.requester.device_id
+        fetched = await self._store.get_events([e for items, _ in recent.values() for e, _, _ in items])
+        stored = {room_id: [fetched[e] for e, _, _ in items if e in fetched] for room_id, (items, _) in recent.items()}
+        visible = await self._presenter.filter_visible(
+            user_id, [s for items in stored.values() for s in items], memberships=dict.fromkeys(stored, "join")
         )
-        notifications, highlights = await self._receipt_store.unread_counts(user_id, room_id)
-        room: dict[str, Any] = {
-            "timeline": {"events": timeline_json, "limited": limited, "prev_batch": prev_batch},
-            "state": {"events": state_json},
-            "ephemeral": {"events": ephemeral},
-            "account_data": {"events": account_data},
-            "unread_notifications": {"notification_count": notifications, "highlight_count": highlights},
-        }
-        if since is None or limited or any(s.event.type == "m.room.member" for s in timeline):
-            room["summary"] = await self._summary(room_id, user_id)
-        return room
+        timelines: dict[str, list[StoredEvent]] = {room_id: [] for room_id in stored}
+        for item in visible:
+            if req.filter.timeline_matches(_filter_view(item.event)):
+                timelines[item.event.room_id].append(item)
 
-    async def _summary(self, room_id: str, user_id: str) -> dict[str, Any]:
-        members = await self._rooms.members(room_id, ("join", "invite"))
-        joined = [m for m in members if m.membership == "join"]
-        invited = [m for m in members if m.membership == "invite"]
-        heroes = sorted(m.user_id for m in members if m.user_id != user_id)[:5]
-        return {
-            "m.heroes": heroes,
-            "m.joined_member_count": len(joined),
-            "m.invited_member_count": len(invited),
-        }
+        state_ids: dict[str, StateMap] = {}
+        prev_batches: dict[str, str] = {}
+        for work, _, _ in todo:
+            room_id, since, timeline = work.room_id, work.since, timelines[work.room_id]
+            first = stored[room_id][0] if stored[room_id] else None
+            prev_batches[room_id] = (
+                TopoKey(first.event.depth, first.stream_ordering).to_token()
+                if first is not None
+                else (await self._timeline.topo_key_for_stream(room_id, now.events)).to_token()
+            )
+            ids: StateMap = {}
+            if since is None:
+                current = {} if timeline else await self._state_at_stream(room_id, now.events)
+                ids = await self._state_at_timeline_start(timeline, current)
+            elif recent[room_id][1]:
+                at_since = await self._state_at_stream(room_id, since.events)
+                at_start = await self._state_at_timeline_start(
+                    timeline, await self._state_at_stream(room_id, now.events)
+                )
+                ids = {k: v for k, v in at_start.items() if at_since.get(k) != v}
+            if req.filter.lazy_load_members() and ids:
+                wanted = {s.event.sender for s in timeline} | {user_id}
+                ids = {k: v for k, v in ids.items() if k[0] != "m.room.member" or k[1] in wanted}
+            state_ids[room_id] = ids
+        state_events = await self._store.get_events([e for ids in state_ids.values() for e in ids.values()])
+        state_lists: dict[str, list[StoredEvent]] = {}
+        for room_id, ids in state_ids.items():
+            in_timeline = {s.event.event_id for s in timelines[room_id]}
+            state_lists[room_id] = [state_events[e] for e in ids.values() if e in state_events and e not in in_timeline]
+        state_json = await self._presenter.serialize(
+            [s for items in state_lists.values() for s in items], user_id=None, device_id=None, with_relations=False
+        )
+        timeline_json = await self._presenter.serialize(
+            [s for items in timelines.values() for s in items], user_id=user_id, device_id=req.requester.device_id
+        )
+        state_by_room = _split(state_json, state_lists)
+        timeline_by_room = _split(timeline_json, timelines)
+
+        room_ids = [w.room_id for w, _, _ in todo]
+        unread = await self._receipt_store.unread_counts_many(user_id, room_ids)
+        needs_summary = [
+            w.room_id
+            for w, _, _ in todo
+            if w.since is None
+            or recent[w.room_id][1]
+            or any(s.event.type == "m.room.member" for s in timelines[w.room_id])
+        ]
+        summaries = await self._rooms.summaries(needs_summary, user_id)
+        out: dict[str, Any] = {}
+        for work, ephemeral, account_data in todo:
+            room_id = work.room_id
+            notifications, highlights = unread.get(room_id, (0, 0))
+            room: dict[str, Any] = {
+                "timeline": {
+                    "events": timeline_by_room[room_id],
+                    "limited": recent[room_id][1],
+                    "prev_batch": prev_batches[room_id],
+                },
+                "state": {"events": [e for e in state_by_room[room_id] if req.filter.state_matches(e)]},
+                "ephemeral": {"events": ephemeral},
+                "account_data": {"events": account_data},
+                "unread_notifications": {"notification_count": notifications, "highlight_count": highlights},
+            }
+            if room_id in summaries:
+                heroes, joined, invited = summaries[room_id]
+                room["summary"] = {
+                    "m.heroes": heroes,
+                    "m.joined_member_count": joined,
+                    "m.invited_member_count": invited,
+                }
+            out[room_id] = room
+        return out
 
     async def _stripped_state(self, room_id: str, member_event_id: str) -> dict[str, Any]:
         current = await self._events.current_state_ids(room_id)
+        if ("m.room.create", "") not in current:
+            # A room we are not in (an invite or knock over federation): the stripped state
+            # came with the membership event, in its unsigned section.
+            stored = await self._store.get_event(member_event_id)
+            if stored is not None:
+                unsigned = stored.event.unsigned
+                sent = unsigned.get("invite_room_state", unsigned.get("knock_room_state"))
+                if isinstance(sent, list):
+                    own = strip_state_event(stored.event)
+                    events = [
+                        e
+                        for e in sent
+                        if isinstance(e, dict)
+                        and (e.get("type"), e.get("state_key")) != (own["type"], own["state_key"])
+                    ]
+                    return {"events": [*events, own]}
         ids = [current[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in current]
         fetched = await self._store.get_events([*ids, member_event_id])
         events = [strip_state_event(fetched[e].event) for e in ids if e in fetched]
@@ -371,11 +457,15 @@ class SyncService:
         timeline_ids = {s.event.event_id for s in timeline}
         state_json = await self._presenter.serialize(
             [fetched[e] for e in state_ids.values() if e in fetched and e not in timeline_ids],
-            user_id=None, device_id=None, with_relations=False,
+            user_id=None,
+            device_id=None,
+            with_relations=False,
         )
         return {
             "timeline": {
-                "events": await self._presenter.serialize(timeline, user_id=req.requester.user_id, device_id=req.requester.device_id),
+                "events": await self._presenter.serialize(
+                    timeline, user_id=req.requester.user_id, device_id=req.requester.device_id
+                ),
                 "limited": limited,
                 "prev_batch": prev_batch,
             },

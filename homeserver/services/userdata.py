@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
+from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError, forbidden, not_found
 from homeserver.core.ids import InvalidID, UserID
+from homeserver.federation.transport import FederationDeniedError, FederationError, HttpResponseError
 from homeserver.services.notifier import Notifier
 from homeserver.storage.accounts import AccountRepository
 from homeserver.storage.rooms import RoomRepository
@@ -18,6 +22,65 @@ MAX_DISPLAYNAME_LENGTH = 256
 MAX_AVATAR_URL_LENGTH = 1000
 # Account data types the server manages itself, which clients may not set directly.
 _SERVER_MANAGED = ("m.fully_read", "m.push_rules")
+REMOTE_PROFILE_CACHE_MS = 60_000
+REMOTE_PROFILE_CACHE_SIZE = 10_000
+REMOTE_PROFILE_TIMEOUT_S = 10.0
+
+
+class FederationQueries(Protocol):
+    """:class:`~homeserver.federation.transport.FederationClient`."""
+
+    async def get_json(
+        self,
+        destination: str,
+        path: str,
+        *,
+        args: Mapping[str, str | Sequence[str]] | None = None,
+        timeout: float | None = None,
+    ) -> Any: ...
+
+
+class RemoteProfiles:
+    """Profiles of users on other servers (``GET /_matrix/federation/v1/query/profile``),
+    kept a short while.  Errors follow Synapse: the remote server's 404 or 403 is passed
+    on, a server off the allowlist is a 403, one that cannot be reached a 502."""
+
+    def __init__(self, *, clock: Clock, client: FederationQueries) -> None:
+        self._clock = clock
+        self._client = client
+        self._cache: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
+
+    async def get_profile(self, user: UserID) -> dict[str, Any]:
+        user_id = user.to_string()
+        now = self._clock.time_msec()
+        cached = self._cache.get(user_id)
+        if cached is not None and cached[0] > now:
+            return dict(cached[1])
+        try:
+            body = await self._client.get_json(
+                user.domain,
+                "/_matrix/federation/v1/query/profile",
+                args={"user_id": user_id},
+                timeout=REMOTE_PROFILE_TIMEOUT_S,
+            )
+        except FederationDeniedError as e:
+            raise forbidden(str(e)) from None
+        except HttpResponseError as e:
+            if e.code == 404:
+                raise not_found(e.error or "Profile was not found") from None
+            if e.code == 403:
+                raise forbidden(e.error or "Profile isn't available") from None
+            raise MatrixError(502, Codes.UNKNOWN, "Failed to fetch profile") from None
+        except FederationError:
+            raise MatrixError(502, Codes.UNKNOWN, "Failed to fetch profile") from None
+        if not isinstance(body, dict):
+            raise MatrixError(502, Codes.UNKNOWN, "Failed to fetch profile")
+        profile = {k: v for k, v in body.items() if k in ("displayname", "avatar_url") and isinstance(v, str)}
+        self._cache[user_id] = (now + REMOTE_PROFILE_CACHE_MS, profile)
+        self._cache.move_to_end(user_id)
+        while len(self._cache) > REMOTE_PROFILE_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return dict(profile)
 
 
 class ProfileService:
@@ -39,6 +102,10 @@ class ProfileService:
         self._avatar_enabled = avatar_changes_enabled
         # Set by app.py: re-sends the member event of every joined room (profile propagation).
         self.on_profile_changed: Any = None
+        # Set by app.py when federation is on: profiles of other servers' users.
+        self.remote_profiles: RemoteProfiles | None = None
+        # Set by app.py: asks application services about unknown users of their namespaces.
+        self.unknown_user_resolver: Callable[[str], Awaitable[bool]] | None = None
 
     async def get_profile(self, user_id: str) -> dict[str, Any]:
         try:
@@ -46,8 +113,12 @@ class ProfileService:
         except InvalidID:
             raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid user ID: {user_id}") from None
         if parsed.domain != self._server_name:
-            raise not_found("Profile not found")  # remote profiles come with federation
+            if self.remote_profiles is None:
+                raise not_found("Profile not found")
+            return await self.remote_profiles.get_profile(parsed)
         user = await self._accounts.get_user(user_id)
+        if user is None and self.unknown_user_resolver is not None and await self.unknown_user_resolver(user_id):
+            user = await self._accounts.get_user(user_id)
         if user is None or user.deactivated:
             raise not_found("Profile not found")
         profile = await self._profiles.get_profile(user_id) or (None, None)

@@ -42,7 +42,9 @@ class E2EKeyRepository:
             ),
         )
 
-    async def query_devices(self, wanted: dict[str, list[str]]) -> dict[str, dict[str, tuple[JsonDict | None, str | None]]]:
+    async def query_devices(
+        self, wanted: dict[str, list[str]]
+    ) -> dict[str, dict[str, tuple[JsonDict | None, str | None]]]:
         """user -> device -> (device keys or None, display name) for existing devices.
 
         An empty device list means every device of that user."""
@@ -154,10 +156,14 @@ class E2EKeyRepository:
                         (user_id, device_id, algorithm, user_id, device_id, algorithm),
                     )
                     row = txn.fetchone()
-                    if row is not None or txn.select_one(
-                        "SELECT 1 FROM e2e_one_time_keys WHERE user_id = ? AND device_id = ? AND algorithm = ?",
-                        (user_id, device_id, algorithm),
-                    ) is None:
+                    if (
+                        row is not None
+                        or txn.select_one(
+                            "SELECT 1 FROM e2e_one_time_keys WHERE user_id = ? AND device_id = ? AND algorithm = ?",
+                            (user_id, device_id, algorithm),
+                        )
+                        is None
+                    ):
                         break
                 if row is None:
                     row = txn.select_one(
@@ -235,17 +241,47 @@ class E2EKeyRepository:
 
     # -- device list changes -----------------------------------------------------------
 
-    async def mark_device_list_changed(self, user_id: str) -> int:
+    async def mark_device_list_changed(
+        self, user_id: str, device_ids: Collection[str | None] = (None,)
+    ) -> list[tuple[str | None, int, int | None]]:
+        """Record a change per device (None: the cross-signing keys), each at its own stream ID.
+
+        Returns (device_id, stream_id, prev_id) per change, where prev_id is the stream ID of
+        the user's previous *device* change: m.device_list_update EDUs are chained by it."""
+        out: list[tuple[str | None, int, int | None]] = []
         async with self.device_list_ids.lock:
-            stream_id = await self.device_list_ids.next_id()
-            await self._db.run_interaction(
-                "mark_device_list_changed",
-                lambda txn: txn.execute(
-                    "INSERT INTO device_list_changes (stream_id, user_id) VALUES (?, ?)", (stream_id, user_id)
-                ),
-            )
-            self.device_list_ids.advance(stream_id)
-        return stream_id
+            first = await self.device_list_ids.next_id()
+
+            def txn_fn(txn: Transaction) -> None:
+                row = txn.select_one(
+                    "SELECT MAX(stream_id) FROM device_list_changes WHERE user_id = ? AND device_id IS NOT NULL",
+                    (user_id,),
+                )
+                prev = None if row is None or row[0] is None else int(row[0])
+                for offset, device_id in enumerate(device_ids):
+                    stream_id = first + offset
+                    txn.execute(
+                        "INSERT INTO device_list_changes (stream_id, user_id, device_id) VALUES (?, ?, ?)",
+                        (stream_id, user_id, device_id),
+                    )
+                    out.append((device_id, stream_id, prev))
+                    if device_id is not None:
+                        prev = stream_id
+
+            await self._db.run_interaction("mark_device_list_changed", txn_fn)
+            self.device_list_ids.advance(first + len(device_ids) - 1)
+        return out
+
+    async def last_device_change(self, user_id: str) -> int | None:
+        """The stream ID of the user's latest device change (what /user/devices reports)."""
+        row = await self._db.run_interaction(
+            "last_device_change",
+            lambda txn: txn.select_one(
+                "SELECT MAX(stream_id) FROM device_list_changes WHERE user_id = ? AND device_id IS NOT NULL",
+                (user_id,),
+            ),
+        )
+        return None if row is None or row[0] is None else int(row[0])
 
     async def users_changed_between(self, user_ids: Collection[str], after: int, upto: int) -> set[str]:
         ids = list(user_ids)

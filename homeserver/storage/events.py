@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,17 @@ from homeserver.storage.state import (
 
 _EVENT_CACHE_SIZE = 20_000
 
+# The values of the ``events.outlier`` column.  Only TIMELINE events are read by the
+# timeline queries (they all filter on ``outlier = 0``).
+TIMELINE = 0
+# Known but not part of the room's graph as we see it: auth events and state fetched
+# over federation, out-of-band memberships (invites to rooms we are not in).
+OUTLIER = 1
+# Received and part of the graph, with a state group, but never shown to clients nor
+# used as forward extremities: soft-failed events and events rejected on the state
+# before them.
+HIDDEN = 2
+
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
@@ -41,6 +52,8 @@ class StoredEvent:
     rejected_reason: str | None
     redacted_by: str | None
     replaces_state: str | None
+    # Soft-failed or rejected after state checks: stored with a state group, never shown.
+    hidden: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,16 +99,23 @@ class EventRepository:
         self._room_versions: dict[str, str] = {}
         self._max_stream: int | None = None
         self._max_group: int | None = None
+        # Outliers and backfilled events take negative stream orderings, counting down,
+        # so they never appear in the live stream /sync reads.
+        self._min_stream: int | None = None
 
     # -- positions -----------------------------------------------------------------------
 
     async def _load_positions(self) -> None:
-        def txn_fn(txn: Transaction) -> tuple[int, int]:
-            s = txn.select_one("SELECT MAX(stream_ordering) FROM events")
+        def txn_fn(txn: Transaction) -> tuple[int, int, int]:
+            s = txn.select_one("SELECT MAX(stream_ordering), MIN(stream_ordering) FROM events")
             g = txn.select_one("SELECT MAX(id) FROM state_groups")
-            return (int(s[0]) if s and s[0] is not None else 0, int(g[0]) if g and g[0] is not None else 0)
+            return (
+                int(s[0]) if s and s[0] is not None else 0,
+                int(g[0]) if g and g[0] is not None else 0,
+                min(int(s[1]), 0) if s and s[1] is not None else 0,
+            )
 
-        self._max_stream, self._max_group = await self._db.run_interaction("load_positions", txn_fn)
+        self._max_stream, self._max_group, self._min_stream = await self._db.run_interaction("load_positions", txn_fn)
 
     async def current_stream_ordering(self) -> int:
         if self._max_stream is None:
@@ -142,18 +162,26 @@ class EventRepository:
         new_extremities: Collection[str] | None,
         txn_id: TxnIdInfo | None = None,
         rejected_reason: str | None = None,
+        hidden: bool = False,
+        backfilled: bool = False,
     ) -> PersistResult:
         """Store a new timeline event and everything derived from it, in one transaction.
 
         ``current_state_delta`` (None: unchanged) updates the room's current state and
         memberships; ``new_extremities`` (None: computed as "this event replaces its
         prev_events") sets the room's forward extremities.
+
+        Received events only: ``hidden`` stores a soft-failed (or, with
+        ``rejected_reason``, a rejected) event with its state group but out of the
+        timeline, leaving extremities alone; ``backfilled`` gives the event a negative
+        stream ordering (it is history, not news) and leaves extremities alone too.  An
+        outlier copy of the event, if stored earlier, is replaced.
         """
         async with self._lock:
-            if self._max_stream is None or self._max_group is None:
+            if self._max_stream is None or self._max_group is None or self._min_stream is None:
                 await self._load_positions()
-            assert self._max_stream is not None and self._max_group is not None
-            stream = self._max_stream + 1
+            assert self._max_stream is not None and self._max_group is not None and self._min_stream is not None
+            stream = self._min_stream - 1 if backfilled else self._max_stream + 1
             next_group = self._max_group + 1
             result, used_groups = await self._db.run_interaction(
                 "persist_event",
@@ -167,9 +195,15 @@ class EventRepository:
                 new_extremities,
                 txn_id,
                 rejected_reason,
+                HIDDEN if hidden else TIMELINE,
+                not (hidden or backfilled),
             )
-            self._max_stream = stream
+            if backfilled:
+                self._min_stream = stream
+            else:
+                self._max_stream = stream
             self._max_group += used_groups
+        self._events.pop(event.event_id, None)
         return result
 
     def _persist_txn(
@@ -184,9 +218,16 @@ class EventRepository:
         new_extremities: Collection[str] | None,
         txn_id: TxnIdInfo | None,
         rejected_reason: str | None,
+        outlier: int = TIMELINE,
+        update_extremities: bool = True,
     ) -> tuple[PersistResult, int]:
         groups_used = 0
         room_id = event.room_id
+        # An event first fetched as an outlier (an auth event, say) joins the graph now.
+        txn.execute("DELETE FROM events WHERE event_id = ? AND outlier = ?", (event.event_id, OUTLIER))
+        if txn.rowcount:
+            txn.execute("DELETE FROM event_edges WHERE event_id = ?", (event.event_id,))
+            txn.execute("DELETE FROM event_auth WHERE event_id = ?", (event.event_id,))
         # State before the event.
         if state_before.group is not None:
             before_group = state_before.group
@@ -212,7 +253,7 @@ class EventRepository:
         txn.execute(
             "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,"
             " origin_server_ts, received_ts, json, outlier, rejected_reason, replaces_state)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,0,?,?)",
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 stream,
                 event.event_id,
@@ -224,6 +265,7 @@ class EventRepository:
                 event.origin_server_ts,
                 received_ts,
                 encode_canonical_json(event.dict).decode("utf-8"),
+                outlier,
                 rejected_reason,
                 replaces,
             ),
@@ -240,7 +282,9 @@ class EventRepository:
             "INSERT INTO event_state_groups (event_id, state_group) VALUES (?, ?)", (event.event_id, after_group)
         )
         # Forward extremities.
-        if new_extremities is None:
+        if not update_extremities:
+            pass
+        elif new_extremities is None:
             for prev in event.prev_event_ids:
                 txn.execute("DELETE FROM forward_extremities WHERE room_id = ? AND event_id = ?", (room_id, prev))
             txn.execute(
@@ -258,7 +302,7 @@ class EventRepository:
                 "INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id, created_ts) VALUES (?, ?, ?, ?, ?)",
                 (txn_id.user_id, txn_id.device_id, txn_id.txn_id, event.event_id, received_ts),
             )
-        if rejected_reason is None:
+        if rejected_reason is None and outlier == TIMELINE:
             self._store_derived_txn(txn, event, stream)
             if event.type == "m.room.member" and event.state_key is not None:
                 txn.execute(
@@ -334,6 +378,114 @@ class EventRepository:
                 ),
             )
 
+    async def persist_outliers(self, items: Sequence[tuple[Event, str | None]], received_ts: int) -> None:
+        """Store events as outliers (``(event, rejected_reason)``, in the order given), with
+        their graph edges and auth edges but no state and no place in the timeline.  Events
+        already stored (in any form) are left alone."""
+        if not items:
+            return
+        async with self._lock:
+            if self._max_stream is None or self._min_stream is None:
+                await self._load_positions()
+            assert self._min_stream is not None
+            first = self._min_stream - 1
+            await self._db.run_interaction("persist_outliers", self._persist_outliers_txn, items, first, received_ts)
+            self._min_stream = first - len(items) + 1
+        for event, _ in items:
+            self._events.pop(event.event_id, None)
+
+    def _persist_outliers_txn(
+        self, txn: Transaction, items: Sequence[tuple[Event, str | None]], first: int, received_ts: int
+    ) -> None:
+        for offset, (event, rejected_reason) in enumerate(items):
+            if txn.select_one("SELECT 1 FROM events WHERE event_id = ?", (event.event_id,)) is not None:
+                continue
+            self._insert_event_row_txn(txn, event, first - offset, received_ts, OUTLIER, rejected_reason)
+
+    def _insert_event_row_txn(
+        self, txn: Transaction, event: Event, stream: int, received_ts: int, outlier: int, rejected_reason: str | None
+    ) -> None:
+        txn.execute(
+            "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,"
+            " origin_server_ts, received_ts, json, outlier, rejected_reason)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                stream,
+                event.event_id,
+                event.room_id,
+                event.type,
+                event.state_key,
+                event.sender,
+                event.depth,
+                event.origin_server_ts,
+                received_ts,
+                encode_canonical_json(event.dict).decode("utf-8"),
+                outlier,
+                rejected_reason,
+            ),
+        )
+        txn.execute_many(
+            "INSERT INTO event_edges (event_id, prev_event_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [(event.event_id, p) for p in dict.fromkeys(event.prev_event_ids)],
+        )
+        txn.execute_many(
+            "INSERT INTO event_auth (event_id, auth_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [(event.event_id, a) for a in dict.fromkeys(event.auth_event_ids)],
+        )
+
+    async def persist_out_of_band_membership(self, event: Event, received_ts: int) -> int:
+        """Store a membership event of a room we are not in (an invite, a knock, the
+        rejection of an invite): an outlier for the room's graph, but with a position in
+        the stream and as its target's membership, so that /sync reports it.  Returns
+        the stream ordering."""
+        if event.type != "m.room.member" or event.state_key is None:
+            raise ValueError(f"{event.event_id} is not a membership event")
+        async with self._lock:
+            if self._max_stream is None or self._min_stream is None:
+                await self._load_positions()
+            assert self._max_stream is not None
+            stream = self._max_stream + 1
+            await self._db.run_interaction(
+                "persist_out_of_band_membership", self._out_of_band_txn, event, stream, received_ts
+            )
+            self._max_stream = stream
+        self._events.pop(event.event_id, None)
+        return stream
+
+    def _out_of_band_txn(self, txn: Transaction, event: Event, stream: int, received_ts: int) -> None:
+        assert event.state_key is not None
+        # A newer copy (an invite re-sent with more stripped state) replaces an outlier one.
+        txn.execute("DELETE FROM events WHERE event_id = ? AND outlier = ?", (event.event_id, OUTLIER))
+        if txn.select_one("SELECT 1 FROM events WHERE event_id = ?", (event.event_id,)) is not None:
+            raise ValueError(f"{event.event_id} is already part of the room's timeline")
+        self._insert_event_row_txn(txn, event, stream, received_ts, OUTLIER, None)
+        membership = str(event.content.get("membership"))
+        displayname = event.content.get("displayname")
+        avatar_url = event.content.get("avatar_url")
+        txn.execute(
+            "INSERT INTO room_memberships (room_id, user_id, membership, event_id, stream_ordering, sender,"
+            " displayname, avatar_url, forgotten) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)"
+            " ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,"
+            " event_id = excluded.event_id, stream_ordering = excluded.stream_ordering,"
+            " sender = excluded.sender, displayname = excluded.displayname,"
+            " avatar_url = excluded.avatar_url, forgotten = 0",
+            (
+                event.room_id,
+                event.state_key,
+                membership,
+                event.event_id,
+                stream,
+                event.sender,
+                displayname if isinstance(displayname, str) else None,
+                avatar_url if isinstance(avatar_url, str) else None,
+            ),
+        )
+        txn.execute(
+            "INSERT INTO membership_history (stream_ordering, room_id, user_id, membership, event_id)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (stream, event.room_id, event.state_key, membership, event.event_id),
+        )
+
     async def mark_redacted(self, event_id: str, redaction_id: str) -> None:
         def txn_fn(txn: Transaction) -> None:
             txn.execute(
@@ -351,7 +503,9 @@ class EventRepository:
         event_id, stream, json_text, outlier, rejected, redacted_by, replaces, room_version = row
         version = get_room_version(str(room_version))
         event = Event(json.loads(json_text), version, event_id=str(event_id))
-        return StoredEvent(event, int(stream), bool(outlier), rejected, redacted_by, replaces)
+        return StoredEvent(
+            event, int(stream), int(outlier) == OUTLIER, rejected, redacted_by, replaces, hidden=int(outlier) == HIDDEN
+        )
 
     async def get_events(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
         """Events by ID (missing ones are left out), from the cache where possible."""
@@ -396,6 +550,18 @@ class EventRepository:
             lambda txn: txn.select_all("SELECT event_id FROM forward_extremities WHERE room_id = ?", (room_id,)),
         )
         return sorted(str(r[0]) for r in rows)
+
+    async def has_timeline_children(self, event_id: str) -> bool:
+        """Whether a stored (non-outlier) event already lists ``event_id`` as a prev event."""
+        row = await self._db.run_interaction(
+            "has_timeline_children",
+            lambda txn: txn.select_one(
+                "SELECT 1 FROM event_edges AS g JOIN events AS e ON e.event_id = g.event_id"
+                " WHERE g.prev_event_id = ? AND e.outlier <> ? LIMIT 1",
+                (event_id, OUTLIER),
+            ),
+        )
+        return row is not None
 
     async def get_current_state_ids(self, room_id: str) -> StateMap:
         rows = await self._db.run_interaction(

@@ -104,3 +104,27 @@ class ReceiptRepository:
             ),
         )
         return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    async def unread_counts_many(self, user_id: str, room_ids: Collection[str]) -> dict[str, tuple[int, int]]:
+        """:meth:`unread_counts` for many rooms in one transaction (rooms with none: (0, 0))."""
+        ids = list(room_ids)
+        if not ids:
+            return {}
+
+        def txn_fn(txn: Transaction) -> dict[str, tuple[int, int]]:
+            out = dict.fromkeys(ids, (0, 0))
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for room_id, notifications, highlights in txn.select_all(
+                    "SELECT p.room_id, COALESCE(SUM(p.notif), 0), COALESCE(SUM(p.highlight), 0)"
+                    f" FROM event_push_actions AS p WHERE p.user_id = ? AND p.room_id IN ({marks})"
+                    " AND p.stream_ordering > COALESCE((SELECT MAX(r.event_stream_ordering) FROM receipts AS r"
+                    " WHERE r.user_id = p.user_id AND r.room_id = p.room_id"
+                    " AND r.receipt_type IN ('m.read', 'm.read.private')), 0) GROUP BY p.room_id",
+                    (user_id, *chunk),
+                ):
+                    out[str(room_id)] = (int(notifications), int(highlights))
+            return out
+
+        return await self._db.run_interaction("unread_counts_many", txn_fn)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from homeserver.storage.database import Database, Transaction
@@ -66,6 +67,51 @@ class RoomRepository:
             return [_membership(r) for r in rows]
 
         return await self._db.run_interaction("members", txn_fn)
+
+    async def summaries(
+        self, room_ids: Collection[str], user_id: str, heroes: int = 5
+    ) -> dict[str, tuple[list[str], int, int]]:
+        """room -> (heroes, joined count, invited count) for many rooms in one transaction.
+
+        Heroes are the first ``heroes`` joined or invited members other than ``user_id``, by
+        user ID in code-point order (the C collation on PostgreSQL).
+        """
+        ids = list(room_ids)
+        if not ids:
+            return {}
+
+        def txn_fn(txn: Transaction) -> dict[str, tuple[list[str], int, int]]:
+            out: dict[str, tuple[list[str], int, int]] = {room_id: ([], 0, 0) for room_id in ids}
+            collate = ' COLLATE "C"' if txn.engine.name == "postgres" else ""
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                counts: dict[str, dict[str, int]] = {}
+                for room_id, membership, count in txn.select_all(
+                    "SELECT room_id, membership, COUNT(*) FROM room_memberships"
+                    f" WHERE room_id IN ({marks}) AND membership IN ('join', 'invite') GROUP BY room_id, membership",
+                    chunk,
+                ):
+                    counts.setdefault(str(room_id), {})[str(membership)] = int(count)
+                found: dict[str, list[str]] = {}
+                for room_id, member in txn.select_all(
+                    "SELECT room_id, user_id FROM (SELECT room_id, user_id, ROW_NUMBER() OVER"
+                    f" (PARTITION BY room_id ORDER BY user_id{collate}) AS n FROM room_memberships"
+                    f" WHERE room_id IN ({marks}) AND membership IN ('join', 'invite') AND user_id != ?) AS m"
+                    " WHERE n <= ?",
+                    (*chunk, user_id, heroes),
+                ):
+                    found.setdefault(str(room_id), []).append(str(member))
+                for room_id in chunk:
+                    by_membership = counts.get(room_id, {})
+                    out[room_id] = (
+                        sorted(found.get(room_id, [])),
+                        by_membership.get("join", 0),
+                        by_membership.get("invite", 0),
+                    )
+            return out
+
+        return await self._db.run_interaction("room_summaries", txn_fn)
 
     async def membership_changes_since(self, user_id: str, after: int, upto: int) -> list[tuple[str, str, str, int]]:
         """(room_id, membership, event_id, stream) of the user's membership changes in (after, upto]."""

@@ -8,7 +8,7 @@ storage grows with the number of state changes only.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from homeserver.storage.database import Database, Transaction
 
@@ -136,6 +136,24 @@ class StateRepository:
         if cached is not None:
             return cached
         return await self._db.run_interaction("load_state_group", load_state_group_txn, group, self.cache)
+
+    async def get_states(self, groups: Collection[int]) -> dict[int, StateMap]:
+        """:meth:`get_state` for many groups, the uncached ones loaded in one transaction."""
+        out: dict[int, StateMap] = {}
+        missing = []
+        for group in groups:
+            cached = self.cache.get(group)
+            if cached is not None:
+                out[group] = cached
+            else:
+                missing.append(group)
+        if missing:
+
+            def txn_fn(txn: Transaction) -> dict[int, StateMap]:
+                return {group: load_state_group_txn(txn, group, self.cache) for group in missing}
+
+            out.update(await self._db.run_interaction("load_state_groups", txn_fn))
+        return out
 
     async def get_groups_for_events(self, event_ids: list[str]) -> dict[str, int]:
         known = {e: self._event_groups[e] for e in event_ids if e in self._event_groups}

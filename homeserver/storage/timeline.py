@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from homeserver.storage.database import Database, Transaction
@@ -68,6 +68,55 @@ class TimelineRepository:
             return items, limited
 
         return await self._db.run_interaction("recent_events", txn_fn)
+
+    async def recent_event_ids_many(
+        self, after: Mapping[str, int | None], *, upto: int, limit: int
+    ) -> dict[str, tuple[list[tuple[str, int, int]], bool]]:
+        """:meth:`recent_event_ids` for many rooms in one transaction: ``after`` maps each
+        room to its lower bound (None: from the start).  Rooms without events map to ([], False).
+
+        On PostgreSQL one query (a LATERAL join, each room using the (room_id, stream_ordering)
+        index with its own LIMIT); on SQLite, which is in-process, one query per room.
+        """
+        if not after:
+            return {}
+        rooms = list(after.items())
+
+        def txn_fn(txn: Transaction) -> dict[str, tuple[list[tuple[str, int, int]], bool]]:
+            rows_by_room: dict[str, list[tuple[str, int, int]]] = {room_id: [] for room_id, _ in rooms}
+            if txn.engine.name == "postgres":
+                for start in range(0, len(rooms), 500):
+                    chunk = rooms[start : start + 500]
+                    for room_id, event_id, stream, depth in txn.select_all(
+                        "SELECT r.room_id, e.event_id, e.stream_ordering, e.depth"
+                        " FROM unnest(?::text[], ?::bigint[]) AS r(room_id, after_stream)"
+                        " CROSS JOIN LATERAL (SELECT event_id, stream_ordering, depth FROM events"
+                        " WHERE events.room_id = r.room_id AND stream_ordering > r.after_stream"
+                        " AND stream_ordering <= ? AND outlier = 0 ORDER BY stream_ordering DESC LIMIT ?) AS e",
+                        (
+                            [room_id for room_id, _ in chunk],
+                            [-1 if low is None else low for _, low in chunk],
+                            upto,
+                            limit + 1,
+                        ),
+                    ):
+                        rows_by_room[str(room_id)].append((str(event_id), int(stream), int(depth)))
+            else:
+                for room_id, low in rooms:
+                    for event_id, stream, depth in txn.select_all(
+                        "SELECT event_id, stream_ordering, depth FROM events WHERE room_id = ? AND stream_ordering > ?"
+                        " AND stream_ordering <= ? AND outlier = 0 ORDER BY stream_ordering DESC LIMIT ?",
+                        (room_id, -1 if low is None else low, upto, limit + 1),
+                    ):
+                        rows_by_room[room_id].append((str(event_id), int(stream), int(depth)))
+            out: dict[str, tuple[list[tuple[str, int, int]], bool]] = {}
+            for room_id, items in rows_by_room.items():
+                items.sort(key=lambda item: item[1])
+                limited = len(items) > limit
+                out[room_id] = (items[len(items) - limit :] if limited else items), limited
+            return out
+
+        return await self._db.run_interaction("recent_events_many", txn_fn)
 
     async def paginate(
         self,

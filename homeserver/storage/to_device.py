@@ -35,10 +35,11 @@ class ToDeviceRepository:
                     )
                     if txn.rowcount != 1:
                         return False
-                txn.execute_many(
-                    "INSERT INTO device_inbox (stream_id, user_id, device_id, message_json) VALUES (?, ?, ?, ?)",
-                    [(stream_id, u, d, json.dumps(m)) for u, d, m in messages],
-                )
+                if messages:
+                    txn.execute_many(
+                        "INSERT INTO device_inbox (stream_id, user_id, device_id, message_json) VALUES (?, ?, ?, ?)",
+                        [(stream_id, u, d, json.dumps(m)) for u, d, m in messages],
+                    )
                 return True
 
             if not await self._db.run_interaction("add_to_device", txn_fn):

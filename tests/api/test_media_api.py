@@ -289,11 +289,16 @@ async def test_path_traversal_and_unknown_media(server: HSFixture) -> None:
             assert (resp.code, resp.body["errcode"]) == (404, "M_NOT_FOUND"), (base, bad)
         put = await alice.put(f"{MEDIA}/upload/test.local/{bad}", raw=b"x", headers={"Content-Type": "text/plain"})
         assert put.code == 404, bad
-    for server_name in ("..", "%2e%2e", "other.example", "bad%20name", "[::1"):
+    for server_name in ("..", "%2e%2e", "a..b", "bad%20name", "[::1"):
         resp = await alice.get(f"{AUTHED}/download/{server_name}/{media_id}")
         assert (resp.code, resp.body["errcode"]) == (404, "M_NOT_FOUND"), server_name
         resp = await alice.get(f"{AUTHED}/download/{server_name}/{media_id}?allow_remote=false")
         assert resp.code == 404
+    # A server outside the federation allowlist: refused (as Synapse), nothing is fetched.
+    resp = await alice.get(f"{AUTHED}/download/other.example/{media_id}")
+    assert (resp.code, resp.body["errcode"]) == (403, "M_FORBIDDEN")
+    resp = await alice.get(f"{AUTHED}/download/other.example/{media_id}?allow_remote=false")
+    assert (resp.code, resp.body["errcode"]) == (404, "M_NOT_FOUND")
     missing = await alice.get(f"{AUTHED}/download/test.local/AAAAAAAAAAAAAAAAAAAAAAAA")
     assert (missing.code, missing.body["errcode"]) == (404, "M_NOT_FOUND")
 

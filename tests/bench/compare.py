@@ -77,6 +77,7 @@ DETAIL = [
     ("PUT /send round trip p50 (ms)", "send_rtt_p50_ms", "lower"),
     ("PUT /send round trip p99 (ms)", "send_rtt_p99_ms", "lower"),
     ("initial /sync, first run (s)", "initial_sync_first_s", "lower"),
+    ("initial /sync, same request again (s)", "initial_sync_repeat_s", "lower"),
     ("server CPU per message (ms)", "server_cpu_ms_per_msg", "lower"),
     ("server RSS before the run (MB)", "rss_start_mb", "lower"),
     ("load generator CPU use (0-1 core)", "client_cpu_util", None),

@@ -296,6 +296,7 @@ class User:
     user_id: str
     token: str
     index: int
+    password: str = ""
 
 
 @dataclass
@@ -433,7 +434,20 @@ class LoadRun:
         answer, _, _ = await self.client.call("POST", ADMIN_REGISTER, label_post, body=body)
         if not answer.get("access_token") or not answer.get("user_id"):
             raise RequestFailed(label_post, 200, f"no access_token/user_id in {str(answer)[:200]}")
-        return User(answer["user_id"], answer["access_token"], -1)
+        return User(answer["user_id"], answer["access_token"], -1, password)
+
+    async def login(self, user: User) -> str:
+        """A new access token (so a new device) for ``user``."""
+        label = f"POST {CLIENT_V3}/login"
+        body = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user.user_id},
+            "password": user.password,
+        }
+        answer, _, _ = await self.client.call("POST", f"{CLIENT_V3}/login", label, body=body)
+        if not answer.get("access_token"):
+            raise RequestFailed(label, 200, f"no access_token in {str(answer)[:200]}")
+        return str(answer["access_token"])
 
     async def register_users(self, count: int) -> list[User]:
         self.phase = "register"
@@ -758,11 +772,19 @@ class LoadRun:
 
         self.phase = "initial_sync"
         timings: list[float] = []
+        token = big.token
         for _ in range(max(1, config.initial_sync_runs)):
+            # Each run is a new device's first /sync (a login, not timed): a server's
+            # response cache for the *same* request (Synapse keeps one per device and
+            # request for 2 minutes) must not answer it; its data caches stay warm.
+            try:
+                token = await self.login(big)
+            except RequestFailed as exc:
+                self.errors.record(self.phase, exc)
             begin = time.perf_counter()
             try:
                 body, done, size = await self.client.call(
-                    "GET", f"{CLIENT_V3}/sync", "GET /sync (initial)", token=big.token, query={"timeout": "0"}
+                    "GET", f"{CLIENT_V3}/sync", "GET /sync (initial)", token=token, query={"timeout": "0"}
                 )
             except RequestFailed as exc:
                 self.errors.record(self.phase, exc)
@@ -771,6 +793,15 @@ class LoadRun:
             self.counts["initial_sync_bytes"] = size
             self.counts["initial_sync_rooms_seen"] = len(((body.get("rooms") or {}).get("join")) or {})
         if timings:
+            # The last request once more, same device: what a response cache gives.
+            begin = time.perf_counter()
+            try:
+                _, done, _ = await self.client.call(
+                    "GET", f"{CLIENT_V3}/sync", "GET /sync (initial)", token=token, query={"timeout": "0"}
+                )
+                self.metrics["initial_sync_repeat_s"] = round(done - begin, 3)
+            except RequestFailed as exc:
+                self.errors.record(self.phase, exc)
             self.metrics["initial_sync_s"] = round(sum(timings) / len(timings), 3)
             self.metrics["initial_sync_first_s"] = round(timings[0], 3)
             if self.counts.get("initial_sync_rooms_seen", 0) < len(room_ids):
@@ -797,10 +828,13 @@ class LoadRun:
         """Fill in the memory numbers and the error list; return the results."""
         self.sampler.sample()
         if self.sampler.peak_rss_kb and not self.sampler.problem:
-            self.metrics["peak_rss_mb"] = round(self.sampler.peak_rss_kb / 1024.0, 1)
+            hwm = self.sampler.high_water_kb()
+            # The headline peak is the kernel's high-water mark (VmHWM), which a 100 ms
+            # sampler can miss short spikes of; the sampled maximum is kept alongside.
+            self.metrics["peak_rss_mb"] = round(max(self.sampler.peak_rss_kb, hwm or 0) / 1024.0, 1)
+            self.metrics["sampled_peak_rss_mb"] = round(self.sampler.peak_rss_kb / 1024.0, 1)
             self.metrics["rss_start_mb"] = round((self.sampler.first_rss_kb or 0) / 1024.0, 1)
             self.metrics["rss_end_mb"] = round((self.sampler.last_rss_kb or 0) / 1024.0, 1)
-            hwm = self.sampler.high_water_kb()
             self.metrics["vm_hwm_mb"] = round(hwm / 1024.0, 1) if hwm else None
         else:
             self.na("peak_rss_mb", self.sampler.problem or "no sample")

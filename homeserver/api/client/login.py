@@ -6,24 +6,48 @@ from typing import Any
 
 from twisted.web import server
 
-from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.errors import Codes, MatrixError, forbidden
 from homeserver.http.auth import RequestAuthenticator, client_ip
-from homeserver.http.params import parse_json_object
+from homeserver.http.params import Body, parse_json_object
 from homeserver.http.server import Router, client_path
 from homeserver.services.auth import AuthService
 from homeserver.services.login import LoginService
 
+APP_SERVICE_LOGIN_TYPE = "m.login.application_service"
+
 
 def register(router: Router, *, authenticate: RequestAuthenticator, login: LoginService, auth: AuthService) -> None:
     async def get_login(request: server.Request) -> tuple[int, Any]:
-        return 200, {"flows": login.login_flows()}
+        flows = login.login_flows()
+        if authenticate.app_service_auth is not None:
+            flows = [*flows, {"type": APP_SERVICE_LOGIN_TYPE}]
+        return 200, {"flows": flows}
 
     async def post_login(request: server.Request) -> tuple[int, Any]:
         body = parse_json_object(request)
         login_type = body.required_str("type")
+        if login_type == APP_SERVICE_LOGIN_TYPE and authenticate.app_service_auth is not None:
+            return 200, await _app_service_login(request, body)
         if login_type != "m.login.password" or not login.password_login_enabled:
             raise MatrixError(400, Codes.UNKNOWN, f"Unknown login type {login_type}")
         return 200, await login.login_with_password(body.data, ip=client_ip(request))
+
+    async def _app_service_login(request: server.Request, body: Body) -> dict[str, Any]:
+        # A new device for a user of the service's namespace, authorised by the as_token.
+        app_service = authenticate.app_service(request)
+        if app_service is None:
+            raise MatrixError(401, Codes.UNKNOWN_TOKEN, f"{APP_SERVICE_LOGIN_TYPE} needs an application service token")
+        user_id = login.user_id_from_identifier(body.data)
+        if not app_service.is_interested_in_user(user_id):
+            raise forbidden(f"{user_id} is not in the application service's namespace")
+        if not await login.user_exists(user_id):
+            raise forbidden(f"Application service has not registered {user_id}")
+        return await login.create_session(
+            user_id,
+            body.str("device_id", max_length=255),
+            body.str("initial_device_display_name", max_length=255),
+            refreshable=body.bool("refresh_token", False),
+        )
 
     async def refresh(request: server.Request) -> tuple[int, Any]:
         body = parse_json_object(request)

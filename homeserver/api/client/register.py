@@ -7,13 +7,15 @@ from typing import Any
 from twisted.web import server
 
 from homeserver.core.errors import Codes, MatrixError, forbidden
-from homeserver.http.auth import client_ip
+from homeserver.http.auth import RequestAuthenticator, client_ip
 from homeserver.http.params import Body, parse_json_object
 from homeserver.http.server import Router, client_path, query_param
 from homeserver.services.login import LoginService
 from homeserver.services.ratelimit import Ratelimiter
 from homeserver.services.registration import RegistrationService
 from homeserver.services.uia import UserInteractiveAuth
+
+APP_SERVICE_LOGIN_TYPE = "m.login.application_service"
 
 
 def register(
@@ -23,6 +25,7 @@ def register(
     login: LoginService,
     uia: UserInteractiveAuth,
     ratelimiter: Ratelimiter,
+    authenticate: RequestAuthenticator | None = None,
 ) -> None:
     settings = registration.settings
 
@@ -32,6 +35,8 @@ def register(
             raise MatrixError(400, Codes.INVALID_PARAM, "Parameter kind must be 'user' or 'guest'")
         body = parse_json_object(request, allow_empty=True)
         ip = client_ip(request)
+        if body.data.get("type") == APP_SERVICE_LOGIN_TYPE and authenticate is not None:
+            return await _register_app_service_user(request, body)
         if kind == "guest":
             return await _register_guest(body, ip)
         if not settings.enable_registration:
@@ -65,6 +70,7 @@ def register(
         )
         # Fields may be sent once, at the start of the session (Synapse allows it).
         username = username if username is not None else serverdict.get("username")
+        username = registration.localpart_for(username, completed)
         password_hash = None
         if password is None:
             password_hash = serverdict.get("password_hash")
@@ -72,6 +78,7 @@ def register(
                 raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: password")
         ratelimiter.check(ip)
         user_id = await registration.create_account(username, password, password_hash=password_hash)
+        await registration.after_registration(user_id, completed)
         token = completed.get("m.login.registration_token")
         if isinstance(token, str):
             await registration.token_used(token)
@@ -79,6 +86,25 @@ def register(
         if inhibit_login:
             return 200, {"user_id": user_id, "home_server": login.server_name}
         return 200, await login.create_session(user_id, device_id, display_name, refreshable=refreshable)
+
+    async def _register_app_service_user(request: server.Request, body: Body) -> tuple[int, Any]:
+        # No password and no UIA: the as_token is the authority, within the namespace.
+        assert authenticate is not None
+        app_service = authenticate.app_service(request)
+        if app_service is None:
+            raise MatrixError(401, Codes.UNKNOWN_TOKEN, f"{APP_SERVICE_LOGIN_TYPE} needs an application service token")
+        username = body.str("username", max_length=255)
+        if username is None:
+            raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: username")
+        user_id = await registration.create_account(username, None, app_service=app_service)
+        if body.bool("inhibit_login", False):
+            return 200, {"user_id": user_id, "home_server": login.server_name}
+        return 200, await login.create_session(
+            user_id,
+            body.str("device_id", max_length=255),
+            body.str("initial_device_display_name", max_length=255),
+            refreshable=body.bool("refresh_token", False),
+        )
 
     async def _register_guest(body: Body, ip: str) -> tuple[int, Any]:
         if not settings.allow_guest_access:

@@ -8,9 +8,11 @@ from typing import Any
 from twisted.web import server
 
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import is_valid_server_name
 from homeserver.http.auth import RequestAuthenticator
 from homeserver.http.params import Body, parse_json_object
 from homeserver.http.server import Router, client_path, query_param
+from homeserver.services.auth import Requester
 from homeserver.services.messages import MessageService
 from homeserver.services.rooms import PRESETS, CreateRoomRequest, RoomService
 
@@ -62,6 +64,25 @@ def _check_event_type(event_type: str) -> None:
         raise MatrixError(400, Codes.INVALID_PARAM, "Event type must be 1-255 characters")
 
 
+def _via_servers(request: server.Request) -> list[str]:
+    """The ``via`` (and older ``server_name``) query parameters: servers to join through."""
+    servers: list[str] = []
+    for name in (b"via", b"server_name"):
+        for raw in (request.args or {}).get(name, []):
+            try:
+                value = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise MatrixError(
+                    400, Codes.INVALID_PARAM, f"Query parameter {name.decode()} is not valid UTF-8"
+                ) from None
+            if not is_valid_server_name(value):
+                raise MatrixError(
+                    400, Codes.INVALID_PARAM, f"Query parameter {name.decode()} is not a server name: {value!r}"
+                )
+            servers.append(value)
+    return list(dict.fromkeys(servers))
+
+
 def _limit(request: server.Request, default: int) -> int:
     raw = query_param(request, "limit")
     if raw is None:
@@ -72,6 +93,20 @@ def _limit(request: server.Request, default: int) -> int:
         raise MatrixError(400, Codes.INVALID_PARAM, "Query parameter limit must be an integer") from None
     if value < 0:
         raise MatrixError(400, Codes.INVALID_PARAM, "Query parameter limit must not be negative")
+    return value
+
+
+def _massaged_ts(request: server.Request, requester: Requester) -> int | None:
+    """An application service's ``ts`` query parameter (history import); ignored for users."""
+    raw = query_param(request, "ts")
+    if raw is None or requester.app_service is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise MatrixError(400, Codes.INVALID_PARAM, "Query parameter ts must be an integer (ms)") from None
+    if not 0 <= value < 2**53:
+        raise MatrixError(400, Codes.INVALID_PARAM, "Query parameter ts is out of range")
     return value
 
 
@@ -95,9 +130,14 @@ def register(
     async def join(request: server.Request, room: str) -> tuple[int, Any]:
         requester = await authenticate(request)
         body = parse_json_object(request, allow_empty=True)
-        room_id = await rooms.resolve_room(room)
+        via = _via_servers(request)
+        room_id, alias_servers = await rooms.resolve_room_and_servers(room)
         await rooms.update_membership(
-            sender=requester.user_id, room_id=room_id, action="join", reason=body.str("reason")
+            sender=requester.user_id,
+            room_id=room_id,
+            action="join",
+            reason=body.str("reason"),
+            servers=[*via, *alias_servers],
         )
         return 200, {"room_id": room_id}
 
@@ -105,6 +145,9 @@ def register(
         async def handler(request: server.Request, room_id: str) -> tuple[int, Any]:
             requester = await authenticate(request)
             body = parse_json_object(request, allow_empty=True)
+            if action == "invite" and not body.has("user_id") and (body.has("medium") or body.has("address")):
+                await rooms.invite_threepid(requester.user_id, room_id, body.data)  # an e-mail invite
+                return 200, {}
             target = body.str("user_id") if action in ("invite", "kick", "ban", "unban") else None
             if action in ("invite", "kick", "ban", "unban") and target is None:
                 raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: user_id")
@@ -118,8 +161,15 @@ def register(
     async def knock(request: server.Request, room: str) -> tuple[int, Any]:
         requester = await authenticate(request)
         body = parse_json_object(request, allow_empty=True)
-        room_id = await rooms.resolve_room(room)
-        await rooms.update_membership(sender=requester.user_id, room_id=room_id, action="knock", reason=body.str("reason"))
+        via = _via_servers(request)
+        room_id, alias_servers = await rooms.resolve_room_and_servers(room)
+        await rooms.update_membership(
+            sender=requester.user_id,
+            room_id=room_id,
+            action="knock",
+            reason=body.str("reason"),
+            servers=[*via, *alias_servers],
+        )
         return 200, {"room_id": room_id}
 
     async def forget(request: server.Request, room_id: str) -> tuple[int, Any]:
@@ -135,7 +185,9 @@ def register(
         requester = await authenticate(request)
         _check_event_type(event_type)
         body = parse_json_object(request)
-        sent = await messages.send(requester, room_id, event_type, body.data, txn_id=txn_id)
+        sent = await messages.send(
+            requester, room_id, event_type, body.data, txn_id=txn_id, origin_server_ts=_massaged_ts(request, requester)
+        )
         return 200, {"event_id": sent.event.event_id}
 
     async def put_state(request: server.Request, room_id: str, event_type: str, state_key: str = "") -> tuple[int, Any]:
@@ -155,7 +207,10 @@ def register(
                 reason=body.str("reason"), extra_content=body.data,
             )
         else:
-            sent = await messages.send(requester, room_id, event_type, body.data, state_key=state_key)
+            sent = await messages.send(
+                requester, room_id, event_type, body.data, state_key=state_key,
+                origin_server_ts=_massaged_ts(request, requester),
+            )
         return 200, {"event_id": sent.event.event_id}
 
     async def get_state_event(request: server.Request, room_id: str, event_type: str, state_key: str = "") -> tuple[int, Any]:

@@ -12,13 +12,13 @@ from typing import Any
 
 from twisted.web import server
 
-from homeserver.api.media.responses import is_valid_media_type, send_media, set_security_headers
+from homeserver.api.media.responses import send_media, set_security_headers
 from homeserver.core.errors import Codes, MatrixError, missing_param
 from homeserver.http.auth import RequestAuthenticator
 from homeserver.http.params import read_body_bytes
 from homeserver.http.server import Router, query_param
 from homeserver.media.preview import PreviewService
-from homeserver.media.service import DEFAULT_TIMEOUT_MS, MediaService
+from homeserver.media.service import DEFAULT_TIMEOUT_MS, MediaService, is_valid_media_type
 
 LEGACY = "^/_matrix/media/(?:r0|v1|v3)"
 AUTHENTICATED = "^/_matrix/client/v1/media"
@@ -26,7 +26,7 @@ _IDS = "/(?P<server_name>[^/]*)/(?P<media_id>[^/]*)"
 MAX_FILENAME_LENGTH = 255
 
 
-def _int_param(request: server.Request, name: str, default: int | None = None, *, minimum: int = 0) -> int:
+def int_param(request: server.Request, name: str, default: int | None = None, *, minimum: int = 0) -> int:
     raw = query_param(request, name)
     if raw is None:
         if default is None:
@@ -41,7 +41,7 @@ def _int_param(request: server.Request, name: str, default: int | None = None, *
     return value
 
 
-def _bool_param(request: server.Request, name: str, default: bool) -> bool:
+def bool_param(request: server.Request, name: str, default: bool) -> bool:
     raw = query_param(request, name)
     if raw is None:
         return default
@@ -116,8 +116,8 @@ def register(
             server_name,
             media_id,
             authenticated=authed,
-            timeout_ms=_int_param(request, "timeout_ms", DEFAULT_TIMEOUT_MS),
-            allow_remote=_bool_param(request, "allow_remote", True),
+            timeout_ms=int_param(request, "timeout_ms", DEFAULT_TIMEOUT_MS),
+            allow_remote=bool_param(request, "allow_remote", True),
         )
         await send_media(request, found, name or found.upload_name)
         return 0, None
@@ -126,8 +126,8 @@ def register(
         if authed:
             await authenticate(request, allow_guest=True)
         set_security_headers(request)
-        width = _int_param(request, "width", minimum=1)
-        height = _int_param(request, "height", minimum=1)
+        width = int_param(request, "width", minimum=1)
+        height = int_param(request, "height", minimum=1)
         method = query_param(request, "method") or "scale"
         if method not in ("crop", "scale"):
             raise MatrixError(400, Codes.INVALID_PARAM, "Query parameter method must be crop or scale")
@@ -138,8 +138,8 @@ def register(
             height,
             method,
             authenticated=authed,
-            timeout_ms=_int_param(request, "timeout_ms", DEFAULT_TIMEOUT_MS),
-            allow_remote=_bool_param(request, "allow_remote", True),
+            timeout_ms=int_param(request, "timeout_ms", DEFAULT_TIMEOUT_MS),
+            allow_remote=bool_param(request, "allow_remote", True),
         )
         await send_media(request, found, None)
         return 0, None

@@ -10,13 +10,12 @@ server's origin.
 
 from __future__ import annotations
 
-import re
 import urllib.parse
 
 from twisted.protocols.basic import FileSender
 from twisted.web import server
 
-from homeserver.media.service import MediaDownload
+from homeserver.media.service import MediaDownload, is_valid_media_type
 
 INLINE_CONTENT_TYPES = frozenset(
     {
@@ -50,7 +49,6 @@ INLINE_CONTENT_TYPES = frozenset(
 )
 # Served as application/octet-stream: anything a browser may render as a document or run.
 _ACTIVE_MARKERS = ("html", "xml", "svg", "script", "flash", "multipart", "xsl")
-_MEDIA_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}(\s*;.{0,200})?$")
 _TOKEN_SEPARATORS = set('()<>@,;:\\"/[]?={} \t')
 
 CONTENT_SECURITY_POLICY = (
@@ -61,10 +59,6 @@ CONTENT_SECURITY_POLICY = (
 
 class _Sender(FileSender):
     CHUNK_SIZE = 2**16
-
-
-def is_valid_media_type(value: str) -> bool:
-    return bool(_MEDIA_TYPE_RE.match(value)) and value.isascii() and not any(c in value for c in "\r\n\0")
 
 
 def served_content_type(media_type: str) -> tuple[str, bool]:

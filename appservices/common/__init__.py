@@ -1,0 +1,1 @@
+"""What every bridge here shares: configuration, the mautrix appservice, encryption, storage."""

@@ -1,0 +1,1 @@
+"""Webhook bridge: business applications POST messages into rooms (see README.md, "Bridges")."""

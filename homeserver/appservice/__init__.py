@@ -1,0 +1,1 @@
+"""Application services: registrations, token auth, transactions and queries (the AS API)."""
