@@ -14,6 +14,7 @@ from homeserver.core.ids import InvalidID, RoomAlias, RoomID, UserID
 from homeserver.events.model import Event
 from homeserver.events.power_levels import (
     CREATOR_DEFAULT_LEVEL,
+    CREATOR_POWER_LEVEL,
     get_required_level_for_event,
     get_user_power_level,
 )
@@ -460,6 +461,13 @@ class RoomService:
         if pl_content is not None and new_version.privileged_creators:
             users = dict(pl_content.get("users", {}))
             users.pop(user_id, None)
+            pl_content["users"] = users
+        elif pl_content is not None and version.privileged_creators:
+            # Creators of the old room had unlimited power without a users entry; in a
+            # version without privileged creators the upgrader needs an explicit level.
+            users = dict(pl_content.get("users", {}))
+            numeric = [v for v in (*users.values(), *pl_content.values()) if isinstance(v, int)]
+            users[user_id] = int(level) if level < CREATOR_POWER_LEVEL else max([100, *numeric])
             pl_content["users"] = users
         new_room_id, _ = await self.create_room(
             user_id,

@@ -107,6 +107,20 @@ async def test_room_upgrade(server: HSFixture) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_upgrade_from_privileged_creators_to_older_version(server: HSFixture) -> None:
+    """A v12 creator has no users entry: upgrading to v10 must give them an explicit level."""
+    alice = await user(server, "alice")
+    room_id = await create_room(alice, room_version="12", name="New")
+    resp = await alice.post(f"{V3}/rooms/{room_id}/upgrade", {"new_version": "10"})
+    assert resp.code == 200, resp.body
+    new_room = resp.body["replacement_room"]
+    levels = (await alice.get(f"{V3}/rooms/{new_room}/state/m.room.power_levels")).body
+    assert levels["users"]["@alice:test.local"] >= 100
+    renamed = await alice.put(f"{V3}/rooms/{new_room}/state/m.room.name", {"name": "Renamed"})
+    assert renamed.code == 200, renamed.body
+
+
+@pytest_twisted.ensureDeferred
 async def test_deactivated_user_leaves_rooms(server: HSFixture) -> None:
     from tests.api.helpers import password_auth
 
