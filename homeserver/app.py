@@ -66,6 +66,7 @@ from homeserver.services.ephemeral import ReceiptService, TypingService
 from homeserver.services.events import RoomEventService
 from homeserver.services.key_backup import KeyBackupService
 from homeserver.services.login import LoginRatelimiters, LoginService
+from homeserver.services.message_ratelimit import MessageRateLimiter
 from homeserver.services.messages import MessageService
 from homeserver.services.notifier import Notifier
 from homeserver.services.passwords import PasswordHasher
@@ -504,6 +505,9 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
 
     # -- end of media repository --------------------------------------------------------
 
+    # rc_message, shared by every listener (application services: rate_limited)
+    message_limiter = MessageRateLimiter(Ratelimiter(clock, _rate(config.rc_message)), is_admin=services.admin.is_admin)
+
     def client_routes(router: Router) -> None:
         versions_api.register(
             router,
@@ -532,7 +536,8 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
         )
         media_admin_routes(router)  # Synapse's /_synapse/admin/v1 media API, with the other admin APIs
         rooms_api.register(
-            router, authenticate=authenticate, rooms=rooms, messages=messages, parse_filter=filters.room_event_filter
+            router, authenticate=authenticate, rooms=rooms, messages=messages, parse_filter=filters.room_event_filter,
+            message_limiter=message_limiter,
         )
         sync_api.register(
             router,
@@ -568,7 +573,11 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
             directory=directory,
             is_admin=services.admin.is_admin,
             search=SearchService(
-                search=SearchRepository(db), events=event_store, rooms=room_store, presenter=presenter
+                search=SearchRepository(db),
+                events=event_store,
+                rooms=room_store,
+                presenter=presenter,
+                paginator=messages,
             ),
         )
 
@@ -778,6 +787,21 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
         locks=room_events,
     )
     # -- end of federation backfill ---------------------------------------------------------
+
+    # -- client API conformance (api/client/voip.py, api/client/notifications.py) -------------
+    from homeserver.api.client import notifications as notifications_api
+    from homeserver.api.client.voip import build_voip_routes
+    from homeserver.services.notifications import NotificationService
+
+    add_to_group("client", build_voip_routes(config, clock=clock, authenticate=authenticate))
+    notification_service = NotificationService(receipts=receipt_store, events=event_store, presenter=presenter)
+    add_to_group(
+        "client",
+        lambda router: notifications_api.register(
+            router, authenticate=authenticate, notifications=notification_service
+        ),
+    )
+    # -- end of client API conformance --------------------------------------------------------
     return hs
 
 

@@ -11,7 +11,8 @@ appservice:
   ghost_prefix: webhook_           # ghosts are @<prefix>...:domain
   listen: {host: 127.0.0.1, port: 29330}   # where the homeserver pushes transactions
 data_dir: /var/lib/homeserver-webhook-bridge   # SQLite files (state, keys, the bridge's own)
-encryption: {enabled: true}        # Olm/Megolm through mautrix.crypto (python-olm)
+encryption: {enabled: true, appservice: false}   # Olm/Megolm through mautrix.crypto (python-olm);
+                                   # appservice: keys come in transactions (MSC2409/MSC3202)
 permissions: ['@*:ministere.example.gouv.fr']  # who may give the bot commands (globs)
 ```
 """
@@ -107,6 +108,7 @@ class BridgeConfig:
     listen: Listen
     data_dir: Path
     encryption: bool
+    encryption_appservice: bool  # keys in transactions (MSC2409/MSC3202) instead of a /sync loop
     permissions: tuple[str, ...]
     raw: Mapping[str, Any]
 
@@ -129,7 +131,7 @@ class BridgeConfig:
     def registration(self) -> dict[str, Any]:
         """The registration file for the homeserver (Synapse's format)."""
         domain = re.escape(self.domain)
-        return {
+        registration: dict[str, Any] = {
             "id": self.id,
             "url": f"http://{self.listen.host}:{self.listen.port}",
             "as_token": self.as_token,
@@ -142,6 +144,12 @@ class BridgeConfig:
                 "rooms": [],
             },
         }
+        if self.encryption and self.encryption_appservice:
+            # to-device messages, device lists and key counts of the bot's device in transactions
+            registration["org.matrix.msc3202"] = True
+            registration["receive_ephemeral"] = True
+            registration["de.sorunome.msc2409.push_ephemeral"] = True
+        return registration
 
 
 def load_yaml(path: Path) -> Mapping[str, Any]:
@@ -179,6 +187,7 @@ def parse_bridge_config(data: Mapping[str, Any], *, default_id: str, default_por
         listen=Listen.parse(section(appservice, "listen", "appservice."), "appservice.listen.", default_port),
         data_dir=Path(string(data, "data_dir", "", ".")),
         encryption=boolean(encryption, "enabled", "encryption."),
+        encryption_appservice=boolean(encryption, "appservice", "encryption."),
         permissions=tuple(string_list(data, "permissions") or [f"@*:{domain}"]),
         raw=data,
     )

@@ -67,7 +67,7 @@ class BridgeCore:
         self.appservice.synchronous_handlers = True
         self.appservice.matrix_event_handler(self._enqueue)
         self.encryption = (
-            BridgeEncryption(config, self.appservice, crypto_database(config.data_dir), self.state_store, name)
+            BridgeEncryption(config, self.appservice, crypto_database(self._state_db), self.state_store, name)
             if config.encryption
             else None
         )
@@ -143,12 +143,13 @@ class BridgeCore:
 
     # ------------------------------------------------------------------ outgoing
 
-    async def is_encrypted(self, room_id: RoomID) -> bool:
+    async def is_encrypted(self, room_id: RoomID, intent: IntentAPI | None = None) -> bool:
+        """From the state store, else asked (as ``intent``, a member: the bot may not be one)."""
         known = await self.state_store.is_encrypted(room_id)
         if known is not None:
             return bool(known)
         try:
-            content = await self.bot.get_state_event(room_id, EventType.ROOM_ENCRYPTION)
+            content = await (intent or self.bot).get_state_event(room_id, EventType.ROOM_ENCRYPTION)
         except MNotFound:
             return False
         if isinstance(content, RoomEncryptionStateEventContent) and content.algorithm:
@@ -168,11 +169,11 @@ class BridgeCore:
         if intent.mxid != self.bot.mxid:
             await intent.ensure_registered()
         await intent.ensure_joined(room_id)
-        if await self.is_encrypted(room_id):
+        if await self.is_encrypted(room_id, intent):
             if self.encryption is None:
                 raise RuntimeError(f"{room_id} is encrypted and encryption is disabled in the config")
             if not await self.state_store.has_full_member_list(room_id):
-                await self.bot.get_members(room_id)
+                await intent.get_members(room_id)
             encrypted = await self.encryption.encrypt(room_id, event_type, content)
             sealed: Any = encrypted
             return await intent.send_message_event(room_id, EventType.ROOM_ENCRYPTED, sealed, **kwargs)
@@ -182,7 +183,7 @@ class BridgeCore:
         self, intent: IntentAPI, room_id: RoomID, data: bytes, mime_type: str, filename: str
     ) -> dict[str, Any]:
         """Upload media; returns ``{"url": mxc}`` or, in an encrypted room, ``{"file": {...}}``."""
-        if await self.is_encrypted(room_id):
+        if await self.is_encrypted(room_id, intent):
             from mautrix.crypto.attachments import encrypt_attachment
 
             ciphertext, info = encrypt_attachment(data)

@@ -59,7 +59,7 @@ class BridgeEncryption:
             log=logging.getLogger("bridge.e2ee.client"),
         )
         self.machine = OlmMachine(self.client, self.crypto_store, state_store)
-        self.appservice_mode = bool(config.raw.get("encryption", {}).get("appservice", False))
+        self.appservice_mode = config.encryption_appservice
         if self.appservice_mode:
             appservice.otk_handler = self.machine.handle_as_otk_counts
             appservice.device_list_handler = self.machine.handle_as_device_lists
@@ -97,7 +97,6 @@ class BridgeEncryption:
                 pass
         await self.client.api.session.close()
         await self.crypto_store.close()
-        await self._db.stop()
 
     async def handle_member_event(self, event: StateEvent) -> None:
         # A ghost joining or leaving changes no one's keys: don't rotate the session for it.

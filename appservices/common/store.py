@@ -1,5 +1,6 @@
-"""SQLite state for a bridge through mautrix's async_db (aiosqlite): room state and
-memberships seen in transactions (mautrix's appservice state store) and the crypto store."""
+"""SQLite state for a bridge through mautrix's async_db (aiosqlite), one file ``matrix.db``:
+room state and memberships seen in transactions (mautrix's appservice state store) and the
+crypto store (Olm account, sessions, devices)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ class BridgeStateStore(PgASStateStore, CryptoStateStore):  # type: ignore[misc]
         PgASStateStore.__init__(self, db)
 
     async def find_shared_rooms(self, user_id: UserID) -> list[RoomID]:
-        print("FSR", getattr(self.db, "_path", None), getattr(self.db, "_parent", None), flush=True)
         rows = await self.db.fetch(
             "SELECT p.room_id FROM mx_user_profile p JOIN mx_room_state s ON s.room_id = p.room_id "
             "WHERE p.user_id = $1 AND p.membership IN ('join', 'invite') AND s.is_encrypted = true",
@@ -39,8 +39,13 @@ class BridgeStateStore(PgASStateStore, CryptoStateStore):  # type: ignore[misc]
 
 
 def state_database(data_dir: Path) -> Database:
-    return sqlite_database(data_dir / "matrix-state.db", state_upgrade_table, "state")
+    return sqlite_database(data_dir / "matrix.db", state_upgrade_table, "state")
 
 
-def crypto_database(data_dir: Path) -> Database:
-    return sqlite_database(data_dir / "matrix-crypto.db", PgCryptoStore.upgrade_table, "crypto")
+def crypto_database(state_db: Database) -> Database:
+    """The crypto tables in the same file, through the same connection: mautrix keeps the
+    connection of an open transaction in a context variable shared by every Database, so the
+    crypto store's transactions call the state store on whatever connection they hold."""
+    db = sqlite_database(Path(state_db.url.path), PgCryptoStore.upgrade_table, "crypto")
+    db.override_pool(state_db)
+    return db

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from typing import Any
+
+from appservices.common.text import html_to_text
 
 MAX_TEXT = 60_000
 MAX_USERNAME = 100
@@ -37,26 +38,6 @@ class WebhookMessage:
             content["format"] = "org.matrix.custom.html"
             content["formatted_body"] = self.html
         return content
-
-
-class _TextOf(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.parts: list[str] = []
-
-    def handle_data(self, data: str) -> None:
-        self.parts.append(data)
-
-    def handle_starttag(self, tag: str, attrs: Any) -> None:
-        if tag in ("br", "p", "div", "li", "tr"):
-            self.parts.append("\n")
-
-
-def html_to_text(html: str) -> str:
-    parser = _TextOf()
-    parser.feed(html)
-    parser.close()
-    return "".join(parser.parts).strip()
 
 
 def parse_json_body(raw: bytes) -> Mapping[str, Any]:

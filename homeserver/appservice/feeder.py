@@ -6,8 +6,14 @@ while it was not running (a crash, a restart) are queued when it next runs, in s
 
 :class:`EphemeralFeeder` listens to the notifier: typing, receipts and presence for
 services with ``receive_ephemeral``; to-device messages and device-list changes for
-services with ``org.matrix.msc3202`` (encrypting bridges).  These are queued from the
-moment they happen; what happened while the homeserver was down is not replayed.
+services with ``org.matrix.msc3202`` (encrypting bridges).  Once queued they are as durable
+as events (same table, same transactions, retried until acknowledged, kept across restarts).
+What is not replayed: typing, receipts, presence and device-list changes that happened while
+the host was not running (it starts from the streams' current positions).  To-device
+messages are never lost: they wait in the device inboxes, which are read again at start-up.
+Synapse keeps less: its transactions store event IDs only, so ephemeral data and to-device
+messages of a transaction that fails, or that is still queued in memory when it stops,
+are dropped.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ logger = logging.getLogger(__name__)
 BATCH = 200
 # Users of one notification looked at for device-list changes (bounded work per change).
 MAX_DEVICE_LIST_USERS = 50
+# A to-device stream position past any real one: "everything in the inbox".
+ALL_OF_THE_INBOX = 2**62
 
 
 class EventSource(Protocol):
@@ -195,7 +203,9 @@ class EphemeralFeeder:
         to_device: ToDeviceInbox,
         device_lists: DeviceListSource,
         on_queued: Callable[[set[str]], None],
+        pending_to_device_users: Callable[[], Awaitable[list[str]]] | None = None,
     ) -> None:
+        self._pending_to_device_users = pending_to_device_users
         self._ephemeral = [s for s in services if s.url is not None and s.receive_ephemeral]
         self._msc3202 = [s for s in services if s.url is not None and s.msc3202]
         self._queue = queue
@@ -220,9 +230,23 @@ class EphemeralFeeder:
             "device_lists": await self._device_lists.current_position(),
             "to_device": 0,  # the inboxes themselves say what is left to deliver
         }
+        # To-device messages for the services' users still in the inboxes (sent while the
+        # host was stopped, or queued by no one before a crash) go out now, not at the
+        # next message for the same user.
+        if self._msc3202 and self._pending_to_device_users is not None:
+            users = {
+                u
+                for u in await self._pending_to_device_users()
+                if any(s.is_interested_in_user(u) for s in self._msc3202)
+            }
+            if users:
+                self._pending["to_device"] = (ALL_OF_THE_INBOX, users)
+                self.runner.kick()
 
     def on_notify(self, stream: str, position: int, users: Collection[str]) -> None:
         """The notifier's listener (synchronous: it only records and wakes the runner)."""
+        if self.runner.stopped:
+            return  # shutting down: to-device messages stay in the inboxes, read at start-up
         if stream in ("typing", "receipts", "presence"):
             wanted = self._ephemeral
         elif stream in ("to_device", "device_lists"):
@@ -234,6 +258,12 @@ class EphemeralFeeder:
         previous = self._pending.get(stream, (0, set()))
         self._pending[stream] = (max(previous[0], position), previous[1] | set(users))
         self.runner.kick()
+
+    async def flush(self) -> None:
+        """Queue (durably) what was notified but not yet drained: called once the runner
+        has stopped, when the homeserver shuts down."""
+        if self._pending:
+            await self._drain()
 
     async def _drain(self) -> None:
         pending, self._pending = self._pending, {}

@@ -48,6 +48,7 @@ class AppServiceHost:
         self.event_feeder: EventFeeder | None = None
         self.ephemeral_feeder: EphemeralFeeder | None = None
         self.started = False
+        self.stopped = False
         self.ready: defer.Deferred[None] = defer.Deferred()
 
     async def start(self) -> None:
@@ -66,11 +67,19 @@ class AppServiceHost:
         logger.info("application services: %s", ", ".join(f"{s.id} ({s.url})" for s in self.services.all))
 
     async def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         waits = [s.stop() for s in self.senders.values()]
         for feeder in (self.event_feeder, self.ephemeral_feeder):
             if feeder is not None:
                 waits.append(feeder.runner.stop())
         await defer.gatherResults(waits, consumeErrors=True)
+        if self.ephemeral_feeder is not None:
+            try:
+                await self.ephemeral_feeder.flush()
+            except Exception:
+                logger.exception("application services: could not queue the last ephemeral data")
         await self.client.close()
 
     def queued(self, service_ids: set[str]) -> None:
@@ -139,6 +148,15 @@ class AppServiceHost:
                 if await self.client.query_user(svc, user_id) and await self._user_exists(user_id):
                     return True
         return False
+
+    async def ensure_user(self, user_id: str) -> bool:
+        """True if ``user_id`` exists; if not and it is in a service's namespace, ask that
+        service first (``GET /_matrix/app/v1/users/{userId}``), as before an invite."""
+        if await self._user_exists(user_id):
+            return True
+        if not any(svc.is_user_in_namespace(user_id) for svc in self.services.all):
+            return False
+        return await self.query_user(user_id)
 
     async def query_alias(self, alias: str, lookup: Callable[[str], Awaitable[Any]]) -> Any:
         """Ask the services whose namespace holds ``alias`` to create it; then ``lookup`` again."""
@@ -269,5 +287,6 @@ def build_appservices(
         to_device=parts.to_device_inbox,
         device_lists=parts.e2e_keys,
         on_queued=host.queued,
+        pending_to_device_users=queue.users_with_pending_to_device,
     )
     return host

@@ -177,8 +177,11 @@ class TransactionSender:
                 body["de.sorunome.msc2409.to_device"] = to_device
             if changed or left:
                 body["org.matrix.msc3202.device_lists"] = {"changed": sorted(changed), "left": sorted(left - changed)}
-            counts = await self._device_otk_counts()
+            recipients = {m.get("to_user_id") for m in to_device if isinstance(m, dict)}
+            counts = await self._device_otk_counts({u for u in recipients if isinstance(u, str)})
             if counts:
+                # Both spellings, as Synapse sends them (mautrix reads the second).
+                body["org.matrix.msc3202.device_one_time_key_counts"] = counts
                 body["org.matrix.msc3202.device_one_time_keys_count"] = counts
         return body
 
@@ -195,12 +198,14 @@ class TransactionSender:
             prev_sender=prev.event.sender if prev is not None else None,
         )
 
-    async def _device_otk_counts(self) -> dict[str, dict[str, dict[str, int]]]:
-        """One-time-key counts of the bot's devices, so an encrypting bridge tops them up."""
+    async def _device_otk_counts(self, recipients: set[str]) -> dict[str, dict[str, dict[str, int]]]:
+        """One-time-key counts of the bot's devices and of the devices that to-device
+        messages in this transaction went to, so an encrypting bridge tops them up."""
         if self._otk_counts is None or self._user_devices is None:
             return {}
         out: dict[str, dict[str, dict[str, int]]] = {}
-        user_id = self.service.sender
-        for device_id in await self._user_devices(user_id):
-            out.setdefault(user_id, {})[device_id] = await self._otk_counts(user_id, device_id)
+        users = [self.service.sender, *sorted(u for u in recipients if self.service.is_interested_in_user(u))]
+        for user_id in dict.fromkeys(users):
+            for device_id in await self._user_devices(user_id):
+                out.setdefault(user_id, {})[device_id] = await self._otk_counts(user_id, device_id)
         return out

@@ -89,6 +89,23 @@ def setup_appservices(
 
     rooms.create_room_hooks.append(check_room_alias)
 
+    # An invite to a local user of a service's namespace who does not exist yet: ask the
+    # service first, so a bridge can create its ghost before the invite reaches it.
+    suffix = ":" + server_name
+
+    async def query_invitee(sender: str, room_id: str, action: str, target: str) -> None:
+        if action == "invite" and target.endswith(suffix):
+            await host.ensure_user(target)
+
+    async def query_create_room_invitees(creator: str, req: Any) -> Any:
+        for invitee in req.invite:
+            if isinstance(invitee, str) and invitee.endswith(suffix):
+                await host.ensure_user(invitee)
+        return req
+
+    rooms.before_membership_hooks.append(query_invitee)
+    rooms.create_room_hooks.append(query_create_room_invitees)
+
     async def resolve_alias(alias: str) -> tuple[str, str] | None:
         return await host.query_alias(alias, parts.room_store.get_alias)  # type: ignore[no-any-return]
 

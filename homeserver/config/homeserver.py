@@ -54,6 +54,7 @@ from homeserver.config.rooms import (
 from homeserver.config.server import read_server, read_server_name
 from homeserver.config.synapse_keys import SYNAPSE_TOP_LEVEL_KEYS
 from homeserver.config.units import parse_duration, parse_size
+from homeserver.config.voip import read_turn
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,6 +161,14 @@ class HomeserverConfig:
     user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
     presence_enabled: bool = True
 
+    # -- TURN servers for VoIP (voip.py) -----------------------------------------------
+    turn_uris: tuple[str, ...] = ()
+    turn_shared_secret: str | None = None
+    turn_username: str | None = None
+    turn_password: str | None = None
+    turn_user_lifetime: int = parse_duration("1h")
+    turn_allow_guests: bool = True
+
     # -- email (emailconfig.py) --------------------------------------------------------
     email: EmailConfig | None = None
 
@@ -221,6 +230,7 @@ class HomeserverConfig:
         limits = read_ratelimiting(r)
         media = read_media(r)
         rooms = read_rooms(r)
+        turn = read_turn(r)
         email = read_email(r)
         government_policy = read_policy(r)
         account_validity = read_account_validity(r)
@@ -303,6 +313,12 @@ class HomeserverConfig:
             limit_profile_requests_to_users_who_share_rooms=rooms.limit_profile_requests_to_users_who_share_rooms,
             user_directory=rooms.user_directory,
             presence_enabled=rooms.presence_enabled,
+            turn_uris=turn.turn_uris,
+            turn_shared_secret=turn.turn_shared_secret,
+            turn_username=turn.turn_username,
+            turn_password=turn.turn_password,
+            turn_user_lifetime=turn.turn_user_lifetime,
+            turn_allow_guests=turn.turn_allow_guests,
             email=email,
             government_policy=government_policy,
             account_validity=account_validity,

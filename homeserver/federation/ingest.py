@@ -17,10 +17,12 @@
 
 What is stored, and how (``events.outlier``: see :mod:`homeserver.storage.events`):
 accepted events join the timeline, the current state and the forward extremities;
-soft-failed events (and events a local policy check refuses: soft failure, not
-rejection, because other servers accept them and the room's graph must stay the same
-everywhere) and events rejected on the state before them are stored with their state
-but hidden; events rejected on their own auth events are stored as rejected outliers;
+soft-failed events and events rejected on the state before them (including events a
+local policy check refuses, e.g. the room access rules: those rules act as extra auth
+rules, so the state an event refused by them would bring never becomes ours, not even
+through later events citing it, as a soft-failed event's state would) are stored with
+their state but hidden; events rejected on their own auth events are stored as rejected
+outliers;
 events whose content hash does not match are stored redacted.  Events that fail
 checks 1-2 are dropped (:class:`PduDropped`).
 """
@@ -321,7 +323,7 @@ class FederationEventHandler:
         if outcome.accepted and not backfilled:
             refusal = await self._room_events.check_policies(event, state_ids)
             if refusal is not None:
-                outcome = PduOutcome(event, PduStatus.SOFT_FAILED, refusal, outcome.redacted_for_hash_mismatch)
+                outcome = PduOutcome(event, PduStatus.REJECTED, refusal, outcome.redacted_for_hash_mismatch)
         if not outcome.accepted:
             logger.info("%s %s from %s: %s", outcome.status.value, event.event_id, origin, outcome.rejection_reason)
 

@@ -82,6 +82,8 @@ class RoomState(Protocol):
         self, room_version: RoomVersion, room_id: str, prev_ids: list[str]
     ) -> tuple[StateMap, Any]: ...
 
+    async def check_policies(self, event: Event, state_before: StateMap) -> str | None: ...
+
 
 class Ingest(Protocol):
     """FED-INGEST's :class:`homeserver.federation.ingest.FederationEventHandler`."""
@@ -230,9 +232,15 @@ class ResidentMembership:
         checked = copy.deepcopy(template)
         if "join_authorised_via_users_server" in content:  # as it will be when we countersign it
             sign_event(room_version, checked, self._server_name, self._signing_key)
-        reason = check_auth_against_state(room_version, template_event(room_version, checked), state)
+        as_event = template_event(room_version, checked)
+        reason = check_auth_against_state(room_version, as_event, state)
         if reason is not None:
             raise forbidden(f"{user_id} may not {membership} room {room_id}: {reason}")
+        # This server's policy (e.g. the room access rules) refuses here, before the
+        # joining server signs anything, rather than by soft-failing its send_join.
+        refusal = await self._room_state.check_policies(as_event, state_ids)
+        if refusal is not None:
+            raise forbidden(refusal)
         return {"room_version": room_version.identifier, "event": template}
 
     async def _restricted_join_authoriser(
@@ -332,6 +340,10 @@ class ResidentMembership:
             signed = sign_event(room_version, dict(signed), self._server_name, self._signing_key)
         stored = await self._store.get_event(event.event_id)
         if stored is None or stored.outlier:
+            # Refused by this server's policy: say so, and keep nothing of it.
+            refusal = await self._room_state.check_policies(event, await self._store.get_current_state_ids(room_id))
+            if refusal is not None:
+                raise forbidden(refusal)
             try:
                 outcome = await self._ingest.receive_pdu(origin, signed)
             except PduDropped as e:
@@ -451,6 +463,12 @@ class ResidentMembership:
             raise forbidden(f"Invite refused: {e}") from None
         if checked is not event:
             raise forbidden("Invite refused: its content hash does not match")
+        # In a room this server is in, the invite must pass its policy on the room's state.
+        current = await self._store.get_current_state_ids(room_id)
+        if current:
+            refusal = await self._room_state.check_policies(event, current)
+            if refusal is not None:
+                raise forbidden(refusal)
         signed = sign_event(room_version, event.get_pdu_json(), self._server_name, self._signing_key)
         unsigned = dict(signed.get("unsigned") or {})
         unsigned["invite_room_state"] = invite_room_state

@@ -42,6 +42,8 @@ class CreateRoomRequest:
     preset: str | None = None
     is_direct: bool = False
     power_level_content_override: dict[str, Any] | None = None
+    # ``{medium, address, id_server?, id_access_token?}``: invited by address once created
+    invite_3pid: tuple[dict[str, Any], ...] = ()
 
 
 ProfileLookup = Callable[[str], Awaitable[tuple[str | None, str | None]]]
@@ -113,6 +115,8 @@ class RoomService:
     async def create_room(self, creator: str, req: CreateRoomRequest) -> tuple[str, str | None]:
         """Create the room; returns (room_id, alias).  Everything is validated first, so a
         bad request creates nothing."""
+        if req.invite_3pid and self.threepid_inviter is None:
+            raise MatrixError(400, Codes.UNRECOGNIZED, "Parameter invite_3pid: e-mail invites are not supported")
         for hook in self.create_room_hooks:
             req = await hook(creator, req)
         version_id = req.room_version or self.default_room_version
@@ -182,7 +186,18 @@ class RoomService:
             content = {"membership": "invite"}
             if req.is_direct:
                 content["is_direct"] = True
-            await self._send_state(room_id, creator, "m.room.member", invitee, content)
+            remote = self.remote if UserID.parse(invitee).domain != self._server_name else None
+            await self._events.send(
+                room_id=room_id,
+                sender=creator,
+                event_type="m.room.member",
+                content=content,
+                state_key=invitee,
+                # a remote invitee's server signs the invite first (and so learns of it)
+                extra_check=remote.countersign_invite if remote is not None else None,
+            )
+        for threepid in req.invite_3pid:
+            await self.invite_threepid(creator, room_id, threepid)
         if alias is not None:
             await self._rooms.create_alias(alias, room_id, creator, self._clock.time_msec())
         if req.visibility == "public":

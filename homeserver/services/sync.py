@@ -44,6 +44,7 @@ class SyncFilter(Protocol):
 
     def timeline_limit(self, default: int) -> int: ...
     def lazy_load_members(self) -> bool: ...
+    def unread_thread_notifications(self) -> bool: ...
     def include_leave(self) -> bool: ...
     def room_included(self, room_id: str) -> bool: ...
     def timeline_matches(self, event: dict[str, Any]) -> bool: ...
@@ -382,7 +383,10 @@ class SyncService:
         timeline_by_room = _split(timeline_json, timelines)
 
         room_ids = [w.room_id for w, _, _ in todo]
-        unread = await self._receipt_store.unread_counts_many(user_id, room_ids)
+        unread = await self._receipt_store.unread_thread_counts_many(user_id, room_ids)
+        # With unread_thread_notifications, threads get their own counts and the room's
+        # counts are the main timeline's; without, the room's counts cover every thread.
+        by_thread = req.filter.unread_thread_notifications()
         needs_summary = [
             w.room_id
             for w, _, _ in todo
@@ -394,7 +398,11 @@ class SyncService:
         out: dict[str, Any] = {}
         for work, ephemeral, account_data in todo:
             room_id = work.room_id
-            notifications, highlights = unread.get(room_id, (0, 0))
+            threads = unread.get(room_id, {})
+            if by_thread:
+                notifications, highlights = threads.get("", (0, 0))
+            else:
+                notifications, highlights = sum(n for n, _ in threads.values()), sum(h for _, h in threads.values())
             room: dict[str, Any] = {
                 "timeline": {
                     "events": timeline_by_room[room_id],
@@ -406,6 +414,12 @@ class SyncService:
                 "account_data": {"events": account_data},
                 "unread_notifications": {"notification_count": notifications, "highlight_count": highlights},
             }
+            if by_thread:
+                room["unread_thread_notifications"] = {
+                    thread: {"notification_count": n, "highlight_count": h}
+                    for thread, (n, h) in threads.items()
+                    if thread and (n or h)
+                }
             if room_id in summaries:
                 heroes, joined, invited = summaries[room_id]
                 room["summary"] = {

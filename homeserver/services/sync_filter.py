@@ -23,6 +23,9 @@ class ClientFilter:
     def lazy_load_members(self) -> bool:
         return self.parsed.lazy_load_members
 
+    def unread_thread_notifications(self) -> bool:
+        return self.parsed.unread_thread_notifications
+
     def include_leave(self) -> bool:
         return self.parsed.include_leave
 

@@ -71,6 +71,14 @@ class AppServiceQueueRepository:
         )
         return int(row[0]) if row and row[0] is not None else 0
 
+    async def users_with_pending_to_device(self) -> list[str]:
+        """Users with to-device messages still in their inboxes (read once, at start-up, so
+        what arrived while the services' host was stopped is not left waiting)."""
+        rows = await self._db.run_interaction(
+            "as_pending_to_device", lambda txn: txn.select_all("SELECT DISTINCT user_id FROM device_inbox")
+        )
+        return [str(r[0]) for r in rows]
+
     # -- enqueueing ----------------------------------------------------------------------
 
     async def enqueue(

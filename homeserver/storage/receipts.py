@@ -91,40 +91,64 @@ class ReceiptRepository:
             ),
         )
 
-    async def unread_counts(self, user_id: str, room_id: str) -> tuple[int, int]:
-        """(notification_count, highlight_count) of events after the user's read receipt."""
-        row = await self._db.run_interaction(
-            "unread_counts",
-            lambda txn: txn.select_one(
-                "SELECT COALESCE(SUM(notif), 0), COALESCE(SUM(highlight), 0) FROM event_push_actions"
-                " WHERE user_id = ? AND room_id = ? AND stream_ordering > COALESCE(("
-                " SELECT MAX(event_stream_ordering) FROM receipts WHERE user_id = ? AND room_id = ?"
-                " AND receipt_type IN ('m.read', 'm.read.private')), 0)",
-                (user_id, room_id, user_id, room_id),
+    async def notifications(
+        self, user_id: str, *, before_stream: int | None, limit: int, only_highlight: bool
+    ) -> list[tuple[str, str, int, bool, bool]]:
+        """The user's notifying events, newest first, before ``before_stream``:
+        (room_id, event_id, stream_ordering, highlight, read by the user's receipt)."""
+        highlight_only = " AND p.highlight = 1" if only_highlight else ""
+        rows = await self._db.run_interaction(
+            "notifications",
+            lambda txn: txn.select_all(
+                "SELECT p.room_id, p.event_id, p.stream_ordering, p.highlight, COALESCE(("
+                " SELECT MAX(r.event_stream_ordering) FROM receipts AS r WHERE r.user_id = p.user_id"
+                " AND r.room_id = p.room_id AND r.receipt_type IN ('m.read', 'm.read.private')), 0)"
+                " FROM event_push_actions AS p WHERE p.user_id = ? AND p.notif = 1 AND p.stream_ordering < ?"
+                f"{highlight_only} ORDER BY p.stream_ordering DESC LIMIT ?",
+                (user_id, before_stream if before_stream is not None else 2**62, limit),
             ),
         )
-        return (int(row[0]), int(row[1])) if row else (0, 0)
+        return [(str(r[0]), str(r[1]), int(r[2]), bool(r[3]), int(r[2]) <= int(r[4])) for r in rows]
+
+    async def unread_counts(self, user_id: str, room_id: str) -> tuple[int, int]:
+        """(notification_count, highlight_count) of events after the user's read receipt."""
+        return (await self.unread_counts_many(user_id, [room_id]))[room_id]
 
     async def unread_counts_many(self, user_id: str, room_ids: Collection[str]) -> dict[str, tuple[int, int]]:
         """:meth:`unread_counts` for many rooms in one transaction (rooms with none: (0, 0))."""
+        by_thread = await self.unread_thread_counts_many(user_id, room_ids)
+        return {
+            room_id: (sum(n for n, _ in threads.values()), sum(h for _, h in threads.values()))
+            for room_id, threads in by_thread.items()
+        }
+
+    async def unread_thread_counts_many(
+        self, user_id: str, room_ids: Collection[str]
+    ) -> dict[str, dict[str, tuple[int, int]]]:
+        """Per room, per thread ('' for the main timeline): (notifications, highlights) after
+        the read receipt that covers it: an unthreaded receipt covers every thread, a receipt
+        with thread_id "main" the main timeline, any other one its thread."""
         ids = list(room_ids)
         if not ids:
             return {}
 
-        def txn_fn(txn: Transaction) -> dict[str, tuple[int, int]]:
-            out = dict.fromkeys(ids, (0, 0))
+        def txn_fn(txn: Transaction) -> dict[str, dict[str, tuple[int, int]]]:
+            out: dict[str, dict[str, tuple[int, int]]] = {room_id: {} for room_id in ids}
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                for room_id, notifications, highlights in txn.select_all(
-                    "SELECT p.room_id, COALESCE(SUM(p.notif), 0), COALESCE(SUM(p.highlight), 0)"
+                for room_id, thread_id, notifications, highlights in txn.select_all(
+                    "SELECT p.room_id, p.thread_id, COALESCE(SUM(p.notif), 0), COALESCE(SUM(p.highlight), 0)"
                     f" FROM event_push_actions AS p WHERE p.user_id = ? AND p.room_id IN ({marks})"
                     " AND p.stream_ordering > COALESCE((SELECT MAX(r.event_stream_ordering) FROM receipts AS r"
                     " WHERE r.user_id = p.user_id AND r.room_id = p.room_id"
-                    " AND r.receipt_type IN ('m.read', 'm.read.private')), 0) GROUP BY p.room_id",
+                    " AND r.receipt_type IN ('m.read', 'm.read.private')"
+                    " AND (r.thread_id = '' OR r.thread_id = p.thread_id"
+                    " OR (p.thread_id = '' AND r.thread_id = 'main'))), 0)"
+                    " GROUP BY p.room_id, p.thread_id",
                     (user_id, *chunk),
                 ):
-                    out[str(room_id)] = (int(notifications), int(highlights))
+                    out[str(room_id)][str(thread_id)] = (int(notifications), int(highlights))
             return out
 
         return await self._db.run_interaction("unread_counts_many", txn_fn)

@@ -32,13 +32,21 @@ class ProfileRepository:
         )
 
     async def search(self, term: str, limit: int) -> list[tuple[str, str | None, str | None]]:
+        """(user_id, displayname, avatar_url) matching ``term`` in the user ID or display name:
+        every active local account (with or without a profile row) and the known remote profiles."""
         like = f"%{term.lower()}%"
         rows = await self._db.run_interaction(
             "search_profiles",
             lambda txn: txn.select_all(
-                "SELECT user_id, displayname, avatar_url FROM profiles"
-                " WHERE LOWER(user_id) LIKE ? OR LOWER(COALESCE(displayname, '')) LIKE ? ORDER BY user_id LIMIT ?",
-                (like, like, limit),
+                "SELECT u.user_id, p.displayname, p.avatar_url FROM users u"
+                " LEFT JOIN profiles p ON p.user_id = u.user_id"
+                " WHERE u.deactivated = 0 AND (LOWER(u.user_id) LIKE ? OR LOWER(COALESCE(p.displayname, '')) LIKE ?)"
+                " UNION"
+                " SELECT p.user_id, p.displayname, p.avatar_url FROM profiles p"
+                " WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = p.user_id)"
+                " AND (LOWER(p.user_id) LIKE ? OR LOWER(COALESCE(p.displayname, '')) LIKE ?)"
+                " ORDER BY 1 LIMIT ?",
+                (like, like, like, like, limit),
             ),
         )
         return [(str(r[0]), r[1], r[2]) for r in rows]

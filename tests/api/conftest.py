@@ -85,6 +85,8 @@ BASE_CONFIG: dict[str, Any] = {
     "enable_registration": True,
     "enable_registration_without_verification": True,
     "report_stats": False,
+    # As Synapse's own test config: tests send faster than a person (rc_message's tests lower it).
+    "rc_message": {"per_second": 10000, "burst_count": 10000},
 }
 
 

@@ -4,6 +4,7 @@ restarts, ephemeral data, to-device, pings, queries and third-party lookups."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -175,18 +176,27 @@ async def start_server(make: Callable[..., HSFixture], registration_path: str) -
     return srv
 
 
-@pytest_twisted.async_yield_fixture
-async def env(make_server: Callable[..., HSFixture], tmp_path: Path) -> AsyncIterator[Env]:
+@contextlib.asynccontextmanager
+async def running_env(make_server: Callable[..., HSFixture], tmp_path: Path) -> AsyncIterator[Env]:
+    """A homeserver with the fake service registered (shared with the other appservice tests)."""
     fake = FakeAppService()
     path = write_registration(tmp_path, start_fake(fake))
     srv = await start_server(make_server, path)
     bridge = srv.new_client()
     bridge.token = AS_TOKEN
     e = Env(srv, fake, bridge, path, make_server)
-    yield e
-    if e.server.hs.appservices is not None:
-        await e.server.hs.appservices.stop()
-    await fake.port.stopListening()
+    try:
+        yield e
+    finally:
+        if e.server.hs.appservices is not None:
+            await e.server.hs.appservices.stop()
+        await fake.port.stopListening()
+
+
+@pytest_twisted.async_yield_fixture
+async def env(make_server: Callable[..., HSFixture], tmp_path: Path) -> AsyncIterator[Env]:
+    async with running_env(make_server, tmp_path) as e:
+        yield e
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -339,7 +339,9 @@ async def test_server_acl_and_unknown_rooms(peers: dict[str, Peer]) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_local_policy_refusal_soft_fails(peers: dict[str, Peer]) -> None:
+async def test_local_policy_refusal_rejects(peers: dict[str, Peer]) -> None:
+    """A local policy check acts as an extra auth rule: the refused event is stored as
+    rejected (hidden), and events after it are judged on the state before it."""
     room = await make_room(peers)
     await room.join_alice()
     seen: list[tuple[str, int]] = []
@@ -350,10 +352,11 @@ async def test_local_policy_refusal_soft_fails(peers: dict[str, Peer]) -> None:
 
     room.events.event_policy_checks.append(no_shouting)
     loud = await room.build("m.room.message", {"body": "HELLO", "msgtype": "m.text"})
-    assert await send(room.a, "b.test", [loud.get_pdu_json()]) == {"pdus": {loud.event_id: {}}}
+    refused = {"pdus": {loud.event_id: {"error": "Event rejected: no shouting"}}}
+    assert await send(room.a, "b.test", [loud.get_pdu_json()]) == refused
     quiet = await room.build("m.room.message", {"body": "hello", "msgtype": "m.text"}, prev=[loud.event_id])
     assert await send(room.a, "b.test", [quiet.get_pdu_json()]) == {"pdus": {quiet.event_id: {}}}
     stored = await room.stored(loud.event_id)
-    assert stored is not None and stored.hidden
+    assert stored is not None and stored.hidden and stored.rejected_reason == "no shouting"
     assert await timeline_bodies(room) == ["hello"]
     assert seen and all(count >= 5 for _, count in seen)  # the checks got the state before each event

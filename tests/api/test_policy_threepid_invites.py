@@ -136,3 +136,50 @@ async def test_no_3pid_capability_without_email(make_server: Any) -> None:
     room = (await client.post(f"{V3}/createRoom", {})).body["room_id"]
     refused = await client.post(f"{V3}/rooms/{room}/invite", {"medium": "email", "address": "a@b.example"})
     assert refused.code == 400 and refused.body["errcode"] == "M_THREEPID_MEDIUM_NOT_SUPPORTED", refused.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_room_with_invite_3pid(make_server: Any, mailbox: Mailbox) -> None:  # noqa: F811
+    """/createRoom's invite_3pid: an address with an account is invited as that account, one
+    without gets an m.room.third_party_invite and an e-mail.  Tried (nothing created): not a
+    list, not objects, no medium, medium msisdn, a malformed address, an address of the
+    external server into the (restricted) room."""
+    server = policy_server(make_server, mailbox)
+    alice, _ = await account(server, mailbox, "alice@agent.gouv.example")
+    _, bob_id = await account(server, mailbox, "bob@agent.gouv.example")
+
+    email = {"medium": "email", "id_server": "id.example", "id_access_token": "unused"}
+    for invite_3pid, code, errcode, field in [
+        ({"medium": "email"}, 400, "M_BAD_JSON", "invite_3pid"),
+        (["bob@agent.gouv.example"], 400, "M_BAD_JSON", "invite_3pid[0]"),
+        ([{"address": "x@agent.gouv.example"}], 400, "M_MISSING_PARAM", "invite_3pid[0].medium"),
+        ([email, {"medium": "msisdn", "address": "33612345678"}], 400, "M_MISSING_PARAM", "invite_3pid[0].address"),
+        ([{"medium": "msisdn", "address": "33612345678"}], 400, "M_INVALID_PARAM", "invite_3pid[0].medium"),
+        ([{**email, "address": "not an address"}], 400, "M_INVALID_PARAM", "invite_3pid[0].address"),
+        ([{**email, "address": "someone@gmail.example"}], 403, "M_FORBIDDEN", "external user"),
+    ]:
+        refused = await alice.post(f"{V3}/createRoom", {"name": "Refusée", "invite_3pid": invite_3pid})
+        assert refused.code == code and refused.body["errcode"] == errcode, (invite_3pid, refused.body)
+        assert field in refused.body["error"], refused.body
+    assert (await alice.get(f"{V3}/joined_rooms")).body["joined_rooms"] == []
+
+    address = "denise.leroy@agent.gouv.example"
+    created = await alice.post(
+        f"{V3}/createRoom",
+        {
+            "name": "Cellule de crise",
+            "invite_3pid": [{**email, "address": "Bob@agent.gouv.example"}, {**email, "address": address}],
+        },
+    )
+    assert created.code == 200, created.body
+    room = created.body["room_id"]
+    member = await alice.get(f"{V3}/rooms/{room}/state/m.room.member/{bob_id}")
+    assert member.code == 200 and member.body["membership"] == "invite", member.body
+    tpis = [e for e in await room_state(alice, room) if e["type"] == "m.room.third_party_invite"]
+    assert [e["content"]["display_name"] for e in tpis] == ["den...@agent.gouv.example"]
+    mail = await mailbox.wait_for(address)
+    assert "Cellule de crise" in mail.get_content()
+    denise, denise_id = await account(server, mailbox, address, mail_number=2)  # 1: the invitation
+    member = await alice.get(f"{V3}/rooms/{room}/state/m.room.member/{denise_id}")
+    assert member.code == 200 and member.body["third_party_invite"]["signed"]["token"] == tpis[0]["state_key"]
+    assert (await denise.post(f"{V3}/join/{room}", {})).code == 200

@@ -31,7 +31,9 @@ def bridge_command(name: str) -> list[str]:
     return [script]
 
 
-def base_config(name: str, domain: str, data_dir: Path, as_port: int, **extra: Any) -> dict[str, Any]:
+def base_config(
+    name: str, domain: str, data_dir: Path, as_port: int, *, keys_in_transactions: bool = False, **extra: Any
+) -> dict[str, Any]:
     return {
         "homeserver": {"url": "http://127.0.0.1:1", "domain": domain},
         "appservice": {
@@ -44,7 +46,7 @@ def base_config(name: str, domain: str, data_dir: Path, as_port: int, **extra: A
             "listen": {"host": "127.0.0.1", "port": as_port},
         },
         "data_dir": str(data_dir),
-        "encryption": {"enabled": True},
+        "encryption": {"enabled": True, "appservice": keys_in_transactions},
         **extra,
     }
 
@@ -57,7 +59,7 @@ def generate_registration(name: str, config_path: Path, registration: Path) -> d
 
 
 def start_with_bridge(
-    our_homeserver: Any, engine: str, name: str, tmp_path: Path, **extra: Any
+    our_homeserver: Any, engine: str, name: str, tmp_path: Path, *, keys_in_transactions: bool = False, **extra: Any
 ) -> tuple[h.RunningServer, Path, dict[str, Any]]:
     """Our homeserver with the bridge's registration; returns (server, config path, config)."""
     config_path = tmp_path / f"{name}-bridge.yaml"
@@ -65,7 +67,14 @@ def start_with_bridge(
     holder: dict[str, Any] = {}
 
     def patch(config: dict[str, Any]) -> None:
-        bridge = base_config(name, config["server_name"], tmp_path / f"{name}-data", h.free_port(), **extra)
+        bridge = base_config(
+            name,
+            config["server_name"],
+            tmp_path / f"{name}-data",
+            h.free_port(),
+            keys_in_transactions=keys_in_transactions,
+            **extra,
+        )
         config_path.write_text(yaml.safe_dump(bridge))
         generate_registration(name, config_path, registration)
         config["app_service_config_files"] = [str(registration)]
@@ -209,6 +218,15 @@ class Person:
             timeout,
         )
 
+    async def wait_invite(self, timeout: float = 20.0) -> str:
+        """The first room this person is invited to and has not joined yet."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.invited:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{self.user_id} got no invite")
+            await self.sync_once()
+        return self.invited.pop()
+
     async def wait_joined(self, room_id: str, user_id: str, timeout: float = 20.0) -> None:
         await self.wait_event(
             f"{user_id} joined to {room_id}",
@@ -222,7 +240,7 @@ class Person:
         )
 
     async def displayname(self, user_id: str) -> str | None:
-        data = await self.call("GET", f"/profile/{urllib.parse.quote(user_id)}")
+        data = await self.call("GET", f"/profile/{urllib.parse.quote(user_id, safe='')}")
         name = data.get("displayname")
         return str(name) if name is not None else None
 
@@ -236,3 +254,106 @@ async def until(what: str, predicate: Callable[[], Any], timeout: float = 20.0) 
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- Prosody
+
+PROSODY_CONFIG = """
+run_as_root = true
+daemonize = false
+pidfile = "{dir}/prosody.pid"
+data_path = "{dir}/data"
+certificates = "{dir}/certs"
+modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "presence"; "message"; "iq"; "c2s" }}
+modules_disabled = {{ "s2s"; "offline"; "posix" }}
+c2s_ports = {{ {c2s_port} }}
+c2s_interfaces = {{ "127.0.0.1" }}
+component_ports = {{ {component_port} }}
+component_interface = "127.0.0.1"
+s2s_ports = {{}}
+http_ports = {{}}
+https_ports = {{}}
+authentication = "internal_plain"
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+log = {{ {{ levels = {{ min = "info" }}, to = "file", filename = "{dir}/prosody.log" }} }}
+VirtualHost "{domain}"
+Component "conference.{domain}" "muc"
+  muc_room_locking = false
+Component "{component}"
+  component_secret = "{secret}"
+"""
+
+
+@dataclass
+class Prosody:
+    """Debian's Prosody with a generated config in a tmp dir, on loopback ports."""
+
+    directory: Path
+    domain: str = "xmpp.test"
+    secret: str = field(default_factory=lambda: secrets.token_hex(12))
+    c2s_port: int = field(default_factory=h.free_port)
+    component_port: int = field(default_factory=h.free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def component(self) -> str:
+        return f"matrix.{self.domain}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "prosody.cfg.lua"
+
+    def write_config(self) -> None:
+        for sub in ("data", "certs"):
+            (self.directory / sub).mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(
+            PROSODY_CONFIG.format(
+                dir=self.directory,
+                c2s_port=self.c2s_port,
+                component_port=self.component_port,
+                domain=self.domain,
+                component=self.component,
+                secret=self.secret,
+            )
+        )
+
+    def register(self, user: str, password: str) -> str:
+        h.run_command(
+            ["prosodyctl", "--config", str(self.config_path), "register", user, self.domain, password],
+            what="prosodyctl register",
+        )
+        return f"{user}@{self.domain}"
+
+    def start(self) -> None:
+        self.process = h.spawn(
+            ["prosody", "--config", str(self.config_path)], self.directory / "stdout.log", self.directory
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise h.HarnessError(f"prosody exited with {self.process.returncode}\n{self.log_tail()}")
+            if all(_listening(port) for port in (self.c2s_port, self.component_port)):
+                return
+            time.sleep(0.1)
+        raise h.HarnessError(f"prosody did not listen in 15 s\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return h.tail(self.directory / "prosody.log") + "\n" + h.tail(self.directory / "stdout.log")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0

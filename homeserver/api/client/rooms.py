@@ -13,6 +13,7 @@ from homeserver.http.auth import RequestAuthenticator
 from homeserver.http.params import Body, parse_json_object
 from homeserver.http.server import Router, client_path, query_param
 from homeserver.services.auth import Requester
+from homeserver.services.message_ratelimit import MessageRateLimiter
 from homeserver.services.messages import MessageService
 from homeserver.services.rooms import PRESETS, CreateRoomRequest, RoomService
 
@@ -39,6 +40,20 @@ def parse_create_room(body: Body) -> CreateRoomRequest:
             content = sub.object("content", required=True)
             assert content is not None
             initial.append((sub.required_str("type"), sub.str("state_key") or "", content.data))
+    invite_3pid: list[dict[str, Any]] = []
+    raw_3pid = body.raw("invite_3pid")
+    if raw_3pid is not None:
+        if not isinstance(raw_3pid, list):
+            raise MatrixError(400, Codes.BAD_JSON, "Parameter invite_3pid must be a list")
+        for i, item in enumerate(raw_3pid):
+            if not isinstance(item, dict):
+                raise MatrixError(400, Codes.BAD_JSON, f"Parameter invite_3pid[{i}] must be an object")
+            sub = Body(item, prefix=f"invite_3pid[{i}].")
+            for key in ("medium", "address"):
+                sub.required_str(key)
+            for key in ("id_server", "id_access_token"):
+                sub.str(key)
+            invite_3pid.append(dict(item))
     creation = body.object("creation_content")
     override = body.object("power_level_content_override")
     version = body.raw("room_version")
@@ -56,6 +71,7 @@ def parse_create_room(body: Body) -> CreateRoomRequest:
         preset=preset,
         is_direct=body.bool("is_direct", False),
         power_level_content_override=override.data if override else None,
+        invite_3pid=tuple(invite_3pid),
     )
 
 
@@ -117,7 +133,13 @@ def register(
     rooms: RoomService,
     messages: MessageService,
     parse_filter: Callable[[str, str], Any],
+    message_limiter: MessageRateLimiter | None = None,
 ) -> None:
+    async def limit(requester: Requester) -> None:
+        # rc_message: events a client creates (not memberships, which have their own limits)
+        if message_limiter is not None:
+            await message_limiter.check(requester)
+
     async def create_room(request: server.Request) -> tuple[int, Any]:
         requester = await authenticate(request)
         req = parse_create_room(parse_json_object(request, allow_empty=True))
@@ -185,6 +207,7 @@ def register(
         requester = await authenticate(request)
         _check_event_type(event_type)
         body = parse_json_object(request)
+        await limit(requester)
         sent = await messages.send(
             requester, room_id, event_type, body.data, txn_id=txn_id, origin_server_ts=_massaged_ts(request, requester)
         )
@@ -207,6 +230,7 @@ def register(
                 reason=body.str("reason"), extra_content=body.data,
             )
         else:
+            await limit(requester)
             sent = await messages.send(
                 requester, room_id, event_type, body.data, state_key=state_key,
                 origin_server_ts=_massaged_ts(request, requester),
@@ -231,6 +255,7 @@ def register(
         body = parse_json_object(request, allow_empty=True)
         reason = body.str("reason")
         content = {"reason": reason} if reason is not None else {}
+        await limit(requester)
         sent = await messages.redact(requester, room_id, event_id, content, txn_id=txn_id)
         return 200, {"event_id": sent.event.event_id}
 

@@ -30,11 +30,11 @@ from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError, forbidden
 from homeserver.events.signing import SigningKey, encode_verify_key_base64, get_verify_key, sign_json
 from homeserver.services.events import RoomEventService
-from homeserver.services.policy.access_rules import RoomAccessRules
+from homeserver.services.policy.access_rules import ACCESS_RULES_TYPE, RESTRICTED, RoomAccessRules
 from homeserver.services.policy.email_accounts import EmailMapping, localpart_for_email, normalise_email
 from homeserver.services.policy.invites import DomainRuleChecker
 from homeserver.services.policy.mailer import Mailer
-from homeserver.services.rooms import RoomService
+from homeserver.services.rooms import CreateRoomRequest, RoomService
 from homeserver.storage.threepids import PendingThreepidInvite, ThreepidInviteRepository
 
 logger = logging.getLogger(__name__)
@@ -90,24 +90,46 @@ class ThreepidInviteService:
     def public_key(self) -> str:
         return encode_verify_key_base64(get_verify_key(self._key))
 
-    async def invite(self, inviter: str, room_id: str, body: Mapping[str, Any]) -> None:
-        """The ``/invite`` body ``{medium, address, id_server?, id_access_token?}``."""
+    def _address_and_server(self, body: Mapping[str, Any], prefix: str = "") -> tuple[str, str]:
+        """The normalised address of an invite body and the server the mapping gives it."""
         medium, address = body.get("medium"), body.get("address")
         if medium is None:
-            raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: medium")
+            raise MatrixError(400, Codes.MISSING_PARAM, f"Missing parameter: {prefix}medium")
         if medium != "email":
-            raise MatrixError(400, Codes.INVALID_PARAM, "Parameter medium must be 'email' (only e-mail invites)")
+            raise MatrixError(
+                400, Codes.INVALID_PARAM, f"Parameter {prefix}medium must be 'email' (only e-mail invites)"
+            )
         if not isinstance(address, str) or not address:
-            raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: address")
+            raise MatrixError(400, Codes.MISSING_PARAM, f"Missing parameter: {prefix}address")
         for key in ("id_server", "id_access_token"):
             _optional_str(body, key)
         try:
             address = normalise_email(address)
         except MatrixError:
-            raise MatrixError(400, Codes.INVALID_PARAM, "Parameter address is not a valid e-mail address") from None
+            raise MatrixError(
+                400, Codes.INVALID_PARAM, f"Parameter {prefix}address is not a valid e-mail address"
+            ) from None
         server = self._mapping.server_for(address)
         if server is None:
-            raise forbidden("No homeserver is configured for this address")
+            raise forbidden(f"No homeserver is configured for the address {address}")
+        return address, server
+
+    async def on_create_room(self, creator: str, req: CreateRoomRequest) -> CreateRoomRequest:
+        """``/createRoom``'s ``invite_3pid``, checked before the room exists (the invites
+        themselves go out once it does): e-mail addresses the mapping knows, and none of a
+        forbidden server when the room will be restricted."""
+        rule = next((c.get("rule") for t, k, c in req.initial_state if (t, k) == (ACCESS_RULES_TYPE, "")), None)
+        for i, body in enumerate(req.invite_3pid):
+            _, server = self._address_and_server(body, f"invite_3pid[{i}].")
+            if self._access is not None and rule in (None, RESTRICTED) and self._access.is_forbidden_domain(server):
+                raise forbidden(
+                    f"invite_3pid[{i}]: this address belongs to an external user, who cannot be invited to a restricted room"
+                )
+        return req
+
+    async def invite(self, inviter: str, room_id: str, body: Mapping[str, Any]) -> None:
+        """The ``/invite`` body ``{medium, address, id_server?, id_access_token?}``."""
+        address, server = self._address_and_server(body)
         state = await self._events.current_state_ids(room_id)
         if not state:
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")

@@ -82,7 +82,11 @@ class AccountValidityService:
         if path.endswith(_ALLOWED_WHEN_EXPIRED):
             return
         if await self.expiration_ts(requester.user_id) <= self._clock.time_msec():
-            raise MatrixError(403, Codes.EXPIRED_ACCOUNT, "User account has expired")
+            raise MatrixError(
+                403,
+                Codes.EXPIRED_ACCOUNT,
+                "This account has expired: renew it with the link in the renewal e-mail, or ask an administrator",
+            )
 
     # -- renewal -----------------------------------------------------------------------
 

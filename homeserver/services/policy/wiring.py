@@ -292,6 +292,7 @@ def build_policy(
             domain_rules=policy.domain_rules,
         )
         rooms.threepid_inviter = invites.invite
+        rooms.create_room_hooks.append(invites.on_create_room)  # after the access rules' hook
         threepids.bound_hooks.append(invites.on_bound)
         is_invite_key = invites.is_our_key
         # (first: the renewal e-mail task stays last, where tests find it)

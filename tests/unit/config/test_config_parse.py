@@ -288,7 +288,7 @@ def test_unknown_and_unsupported_keys_warn(tmp_path: Path) -> None:
         tmp_path,
         enable_registraton=True,
         frobnicate=1,
-        turn_uris=["turn:example.com"],
+        templates={"custom_template_directory": "/etc/templates"},
         listeners=[{**LISTENER, "tag": "main", "colour": "blue", "path": "/run/hs.sock"}],
         rc_login={"adress": {"per_second": 1}},
     )
@@ -299,7 +299,7 @@ def test_unknown_and_unsupported_keys_warn(tmp_path: Path) -> None:
         'rc_login.adress: unknown key, ignored (did you mean "address"?)',
         'enable_registraton: unknown key, ignored (did you mean "enable_registration"?)',
         "frobnicate: unknown key, ignored",
-        "turn_uris: not supported yet, ignored",
+        "templates: not supported yet, ignored",
     ]
 
 
@@ -591,3 +591,23 @@ def test_constructed_config_resolves_relative_paths(tmp_path: Path) -> None:
     assert config.media_store_path == os.path.join(tmp_path, "m")
     assert config.database.sqlite_path == os.path.join(tmp_path, "homeserver.db")
     assert config.signing_key_path == os.path.join(tmp_path, "example.com.signing.key")
+
+
+def test_turn_keys(tmp_path: Path) -> None:
+    (tmp_path / "turn.secret").write_text("s3cret\n")
+    config, warnings = parse(
+        tmp_path,
+        turn_uris=["turn:turn.example.com?transport=udp"],
+        turn_shared_secret_path="turn.secret",
+        turn_user_lifetime="2h",
+        turn_allow_guests=False,
+    )
+    assert warnings == []
+    assert config.turn_uris == ("turn:turn.example.com?transport=udp",)
+    assert config.turn_shared_secret == "s3cret"
+    assert config.turn_user_lifetime == 7_200_000
+    assert config.turn_allow_guests is False
+    with pytest.raises(ConfigError, match="turn_shared_secret_path"):
+        parse(tmp_path, turn_shared_secret="a", turn_shared_secret_path="turn.secret")
+    with pytest.raises(ConfigError, match="turn_uris"):
+        parse(tmp_path, turn_uris="turn:one")
