@@ -151,6 +151,8 @@ class Homeserver:
     appservices: AppServiceHost | None = None
     # the receiving half of room federation: /send, received PDUs, joins' state (federation/ingest.py)
     federation_ingest: FederationEventHandler | None = None
+    # HTTP pushers and their delivery to push gateways (services/pushers.py)
+    pushers: Any = None
 
     def build_site(self, resource_names: set[str], *, x_forwarded: bool = False) -> HomeserverSite:
         router = Router()
@@ -802,6 +804,29 @@ def build_homeserver(config: HomeserverConfig, reactor: Any, *, db: Database | N
         ),
     )
     # -- end of client API conformance --------------------------------------------------------
+
+    # -- client gaps (api/client/spaces.py: hierarchy, OpenID, reports, timestamp_to_event) ----
+    from homeserver.api.client.spaces import build_client_gaps
+
+    client_gaps = build_client_gaps(
+        server_name=config.server_name, clock=clock, db=db, authenticate=authenticate, room_events=room_events,
+        event_store=event_store, room_store=room_store, presenter=presenter, require_admin=services.admin.require_admin,
+        federation_authenticator=federation.authenticator,
+    )
+    add_to_group("client", client_gaps.client)
+    add_to_group("federation", client_gaps.federation)
+    # -- end of client gaps ---------------------------------------------------------------------
+
+    # -- pushers (services/pushers.py, push/gateway.py, api/client/pushers.py) ----------------
+    from homeserver.api.client import pushers as pushers_api
+    from homeserver.services.pushers import build_pushers
+
+    pushers = hs.pushers = build_pushers(
+        config, reactor=reactor, clock=clock, db=db, push=push, room_events=room_events,
+        device_deleted_listeners=devices_repo.deleted_listeners, run_in_thread=run_in_thread,
+    )
+    add_to_group("client", lambda router: pushers_api.register(router, authenticate=authenticate, pushers=pushers))
+    # -- end of pushers -------------------------------------------------------------------------
     return hs
 
 

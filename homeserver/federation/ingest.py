@@ -328,7 +328,9 @@ class FederationEventHandler:
             logger.info("%s %s from %s: %s", outcome.status.value, event.event_id, origin, outcome.rejection_reason)
 
         if outcome.accepted and not backfilled:
-            result = await self._persist_new_accepted(room_version, event, computed["ref"], state_ids, now)
+            result = await self._persist_new_accepted(
+                room_version, event, computed["ref"], state_ids, now, computed.get("current")
+            )
         else:
             result = await self._events.persist_event(
                 event,
@@ -347,8 +349,16 @@ class FederationEventHandler:
         return outcome
 
     async def _persist_new_accepted(
-        self, room_version: RoomVersion, event: Event, ref: StateBefore, state_ids: StateMap, now: int
+        self,
+        room_version: RoomVersion,
+        event: Event,
+        ref: StateBefore,
+        state_ids: StateMap,
+        now: int,
+        current: StateMap | None = None,
     ) -> Any:
+        """``current``: the room's current state if the soft-fail check just read it (under
+        the room's lock, so still current): one full-state read a PDU, not two."""
         room_id = event.room_id
         after = dict(state_ids)
         if event.is_state():
@@ -360,18 +370,22 @@ class FederationEventHandler:
             return await self._events.persist_event(
                 event, state_before=ref, received_ts=now, current_state_delta=None, new_extremities=sorted(extremities)
             )
-        current = await self._events.get_current_state_ids(room_id)
+        if current is None:
+            current = await self._events.get_current_state_ids(room_id)
         if extremities <= set(event.prev_event_ids):
             new_current = after  # the event extends every branch: its state is the room's
         else:
             new_current = await self._resolver.resolve(room_version, room_id, [current, after])
-        return await self._events.persist_event(
+        delta = state_delta(current, new_current)
+        result = await self._events.persist_event(
             event,
             state_before=ref,
             received_ts=now,
-            current_state_delta=state_delta(current, new_current),
+            current_state_delta=delta,
             new_extremities=None,
         )
+        self._room_events.note_current_state_delta(event, delta)
+        return result
 
     async def _apply_redaction(self, room_version: RoomVersion, event: Event, state_ids: StateMap) -> None:
         """Mark the target of an accepted redaction redacted, when the redaction applies:
@@ -564,13 +578,15 @@ class FederationEventHandler:
                 raise RemoteStateError(f"the state of {room_id} from {origin} does not allow our join: {reason}")
             after = {**state_ids, join_event.state_key_tuple: join_event.event_id}
             current = await self._events.get_current_state_ids(room_id)
+            delta = state_delta(current, after)
             result = await self._events.persist_event(
                 join_event,
                 state_before=StateBefore(base_group=None, delta=state_ids),
                 received_ts=self._clock.time_msec(),
-                current_state_delta=state_delta(current, after),
+                current_state_delta=delta,
                 new_extremities=[join_event.event_id],
             )
+            self._room_events.note_current_state_delta(join_event, delta)
             await self._room_events.announce(join_event, result.stream_ordering, result.state_after)
             return result.stream_ordering
 

@@ -11,11 +11,13 @@ resolves a remote alias, or invites a user of another server:
   last saw in the room), sign the event built from the template, ``send_join``, then
   hand the returned state and auth chain to FED-INGEST's ``persist_join_state``, which
   checks every event before storing the room;
-- knock: ``make_knock``/``send_knock``; the answer's stripped state is kept with the knock;
+- knock: ``make_knock``/``send_knock``; the answer's room state (PDUs) is checked and
+  kept, stripped, with the knock;
 - leave (rejecting an invite, rescinding a knock): ``make_leave``/``send_leave`` through
   the inviter's server; if no server answers, the invite is rejected locally anyway;
-- invite of a remote user: ``PUT /v2/invite`` to the invitee's server, whose signature is
-  added to our event before it is persisted and sent as usual.
+- invite of a remote user: ``PUT /v2/invite`` (with the room state as full PDUs, create
+  event included) to the invitee's server, whose signature is added to our event before
+  it is persisted and sent as usual.
 
 Candidates are tried in order; the first to complete the handshake wins.  Errors the
 remote server gives (403, 404...) reach the client with their errcode; a server we
@@ -42,12 +44,12 @@ from homeserver.federation.event_checks import PduDropped, SignatureVerifier
 from homeserver.federation.ingest import RemoteStateError
 from homeserver.federation.keyring import KeyLookupError
 from homeserver.federation.membership_resident import STRIPPED_STATE_TYPES, ResidentMembership, domain_of
+from homeserver.federation.membership_stripped import checked_room_state, state_pdus
 from homeserver.federation.transport import (
     FederationDeniedError,
     FederationError,
     HttpResponseError,
 )
-from homeserver.services.serialize import strip_state_event
 from homeserver.storage.events import StoredEvent
 from homeserver.storage.rooms import Membership
 from homeserver.storage.state import StateMap
@@ -357,8 +359,13 @@ class FederationMembership:
                 server, room_version, template, room_id=room_id, user_id=user_id, membership="knock", content=content
             )
             answer = await self._put(server, f"{V1}/send_knock/{_path(room_id, event.event_id)}", event.get_pdu_json())
-            stripped = _json_list(
+            pdus = _json_list(
                 answer.get("knock_room_state", []) if isinstance(answer, dict) else None, "knock_room_state", server
+            )
+            # Entries improperly signed or formatted are dropped before the client sees
+            # them (spec: send_knock); the rest is kept stripped.
+            stripped = await checked_room_state(
+                room_version, room_id, pdus, self._keyring, what="knock_room_state", strict=False
             )
             return event, await self._ingest.persist_out_of_band_membership(room_version, event, stripped)
 
@@ -424,10 +431,10 @@ class FederationMembership:
         wanted = [state_before[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in state_before]
         sender_member = state_before.get(("m.room.member", event.sender))
         fetched = await self._store.get_events([*wanted, *([sender_member] if sender_member else [])])
-        stripped = [strip_state_event(fetched[e].event) for e in wanted if e in fetched]
-        if sender_member in fetched:
-            stripped.append(strip_state_event(fetched[sender_member].event))
-        body = {"room_version": room_version.identifier, "event": event.get_pdu_json(), "invite_room_state": stripped}
+        # Spec v1.16+: full PDUs, the create event among them (plus, as Synapse does,
+        # the inviter's membership).
+        pdus = state_pdus(fetched[e].event for e in [*wanted, sender_member] if e is not None and e in fetched)
+        body = {"room_version": room_version.identifier, "event": event.get_pdu_json(), "invite_room_state": pdus}
         try:
             answer = await self._transport.put_json(
                 invitee_server, f"{V2}/invite/{_path(event.room_id, event.event_id)}", body

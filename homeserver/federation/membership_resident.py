@@ -39,7 +39,7 @@ from homeserver.federation.event_checks import (
     check_signatures_and_hashes,
     parse_pdu,
 )
-from homeserver.services.serialize import strip_state_event
+from homeserver.federation.membership_stripped import InvalidRoomState, checked_room_state, state_pdus
 from homeserver.storage.events import StoredEvent
 from homeserver.storage.state import StateKey, StateMap
 
@@ -365,7 +365,7 @@ class ResidentMembership:
         if membership == "join":
             return accepted, await self._join_answer(room_version, accepted)
         if membership == "knock":
-            return accepted, {"knock_room_state": await self.stripped_state(room_id, accepted)}
+            return accepted, {"knock_room_state": await self.room_state_pdus(room_id)}
         return accepted, {}
 
     def _check_membership_event(self, event: Event, origin: str, room_id: str, event_id: str, membership: str) -> None:
@@ -408,15 +408,13 @@ class ResidentMembership:
             "event": join.get_pdu_json(),
         }
 
-    async def stripped_state(self, room_id: str, member: Event | None) -> list[JsonDict]:
-        """The stripped state of ``room_id`` sent with invites and knocks."""
+    async def room_state_pdus(self, room_id: str) -> list[JsonDict]:
+        """The full PDUs of ``room_id``'s stripped-state types (create event included)
+        sent with knocks (spec v1.16+: ``knock_room_state`` entries are PDUs)."""
         ids = await self._store.get_current_state_ids(room_id)
         wanted = [ids[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in ids]
         fetched = await self._store.get_events(wanted)
-        stripped = [strip_state_event(fetched[e].event) for e in wanted if e in fetched]
-        if member is not None:
-            stripped.append(strip_state_event(member))
-        return stripped
+        return state_pdus(fetched[e].event for e in wanted if e in fetched)
 
     # -- invites ----------------------------------------------------------------------------
 
@@ -469,13 +467,24 @@ class ResidentMembership:
             refusal = await self._room_state.check_policies(event, current)
             if refusal is not None:
                 raise forbidden(refusal)
+        # Spec v1.16+: full PDUs with the create event; enforced from room version 12 (a
+        # SHOULD there, a MAY before); earlier versions keep what passes the checks.
+        try:
+            stripped = await checked_room_state(
+                room_version,
+                room_id,
+                invite_room_state,
+                self._keyring,
+                what="invite_room_state",
+                strict=room_version.room_id_from_create_event,
+            )
+        except InvalidRoomState as e:
+            raise MatrixError(400, Codes.INVALID_PARAM, str(e)) from None
         signed = sign_event(room_version, event.get_pdu_json(), self._server_name, self._signing_key)
         unsigned = dict(signed.get("unsigned") or {})
-        unsigned["invite_room_state"] = invite_room_state
+        unsigned["invite_room_state"] = stripped
         to_store = {**signed, "unsigned": unsigned}
-        await self._ingest.persist_out_of_band_membership(
-            room_version, Event(to_store, room_version), [dict(s) for s in invite_room_state]
-        )
+        await self._ingest.persist_out_of_band_membership(room_version, Event(to_store, room_version), stripped)
         return {"event": signed}
 
 

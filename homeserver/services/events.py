@@ -119,6 +119,26 @@ class RoomEventService:
             self._joined_cache[room_id] = cached
         return cached
 
+    def note_current_state_delta(self, event: Event, delta: Mapping[StateKey, str | None] | None) -> None:
+        """Call before :meth:`announce` when persisting ``event`` changed the room's current
+        state by ``delta``: a delta touching other memberships than the event's own (a join
+        bringing the room's state, a merge of forks) drops the cached joined members, which
+        :meth:`announce` otherwise updates from the event alone."""
+        own = event.state_key_tuple if event.is_state() else None
+        if delta and any(k[0] == "m.room.member" and k != own for k in delta):
+            self._joined_cache.pop(event.room_id, None)
+
+    async def _apply_membership_change(self, room_id: str, user_id: str) -> None:
+        """Bring the cached joined members up to date after ``user_id``'s membership event:
+        one row read, not the whole member list (a room filling with joins stays O(1) a join)."""
+        cached = self._joined_cache.get(room_id)
+        if cached is None:
+            return
+        membership = await self._rooms.get_membership(room_id, user_id)
+        joined = membership is not None and membership.membership == "join"
+        if joined != (user_id in cached):
+            self._joined_cache[room_id] = cached | {user_id} if joined else cached - {user_id}
+
     async def run_locked(self, room_id: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``fn`` holding the room's lock: every change to a room's graph and current
         state (local sends, received PDUs, joins) is serialised by it."""
@@ -277,6 +297,7 @@ class RoomEventService:
             new_extremities=None,
             txn_id=txn,
         )
+        self.note_current_state_delta(event, current_delta)
         await self.announce(event, result.stream_ordering, result.state_after)
         return SentEvent(event, result.stream_ordering)
 
@@ -329,11 +350,15 @@ class RoomEventService:
         """After an event is persisted (local or received): run the post-persist hooks and
         wake the /sync requests of everyone concerned."""
         room_id = event.room_id
-        wake = set(await self.joined_users(room_id))
+        before = await self.joined_users(room_id)
+        wake: set[str] | frozenset[str] = before
         if event.type == "m.room.member" and event.state_key is not None:
-            self._joined_cache.pop(room_id, None)
-            wake.add(event.state_key)
-            wake |= await self.joined_users(room_id)
+            await self._apply_membership_change(room_id, event.state_key)
+            wake = before | await self.joined_users(room_id) | {event.state_key}
+        # Only our users have /sync requests to wake (remote members are most of a big
+        # federated room, and each woken user costs a token update).
+        suffix = ":" + self.server_name
+        wake = {u for u in wake if u.endswith(suffix)}
         for hook in self.post_persist_hooks:
             try:
                 await defer.maybeDeferred(hook, event, stream, state_after)

@@ -66,8 +66,7 @@ class MessageService:
     async def _require_joined(self, user_id: str, room_id: str) -> None:
         membership = await self._rooms.get_membership(room_id, user_id)
         if membership is None or membership.membership != "join":
-            if not await self._rooms.room_exists(room_id):
-                raise not_found("Unknown room")
+            # An unknown room answers as a room one is not in (spec and Synapse: 403).
             raise forbidden(f"User {user_id} not in room {room_id}")
 
     # -- writing -----------------------------------------------------------------------
@@ -91,7 +90,7 @@ class MessageService:
                 raise MatrixError(400, Codes.BAD_JSON, "Parameter redacts must be an event ID")
             return await self.redact(requester, room_id, redacts, content, txn_id=txn_id)
         if not await self._rooms.room_exists(room_id):
-            raise not_found("Unknown room")
+            raise forbidden(f"User {requester.user_id} not in room {room_id}")  # as Synapse: 403
         if event_type == "m.room.encryption" and state_key == "":
             await self._check_encryption_not_weakened(room_id, content)
         txn = TxnIdInfo(requester.user_id, requester.device_id or "", txn_id) if txn_id is not None else None
@@ -160,8 +159,7 @@ class MessageService:
                 return state
         if await self._world_readable(room_id):
             return await self._events.current_state_ids(room_id)
-        if not await self._rooms.room_exists(room_id):
-            raise not_found("Unknown room")
+        # An unknown room answers as a room one is not in (spec for /state, /messages: 403).
         raise forbidden(f"User {user_id} not in room {room_id}")
 
     async def _world_readable(self, room_id: str) -> bool:

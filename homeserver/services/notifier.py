@@ -33,9 +33,13 @@ class Notifier:
         self.current = self.current.advance(stream, position)
         for listener in self.listeners:
             listener(stream, position, users)
+        advanced: dict[StreamToken, StreamToken] = {}  # users woken together share tokens
         for user_id in users:
             latest = self._user_latest.get(user_id, StreamToken())
-            self._user_latest[user_id] = latest.advance(stream, position)
+            new = advanced.get(latest)
+            if new is None:
+                new = advanced[latest] = latest.advance(stream, position)
+            self._user_latest[user_id] = new
             for waiter in self._waiters.pop(user_id, []):
                 if not waiter.called:
                     waiter.callback(None)

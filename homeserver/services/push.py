@@ -35,6 +35,10 @@ from homeserver.storage.state import StateMap
 _CACHE_SIZE = 10_000
 
 
+# Up to this many local members, their rows are read one by one; above, the room's in one go.
+_FEW_LOCAL_MEMBERS = 20
+
+
 class PushRuleService:
     def __init__(
         self,
@@ -55,6 +59,8 @@ class PushRuleService:
         self._cache: dict[str, PushRuleset] = {}
         # Users who get no notifications at all (the policy's expired accounts).
         self.muted_users: list[Callable[[str], Awaitable[bool]]] = []
+        # Told of each event that notifies local users, with each user's actions (pushers).
+        self.notify_listeners: list[Callable[[Event, list[tuple[str, list[Any]]]], Awaitable[None]]] = []
 
     async def ruleset(self, user_id: str) -> PushRuleset:
         cached = self._cache.get(user_id)
@@ -114,8 +120,19 @@ class PushRuleService:
     async def on_new_event(self, event: Event, stream: int, state: StateMap) -> None:
         """Evaluate ``event`` for every local joined member but its sender and record what
         notifies.  Remote members are left to their own servers, which hold their rules."""
-        members = await self._rooms.members(event.room_id)
-        targets = [m for m in members if m.user_id != event.sender and self.is_local(m.user_id)]
+        # The joined members are cached in memory: in a big federated room, reading every
+        # member row per event (to keep the few local ones) was O(members) an event.
+        joined = await self._events.joined_users(event.room_id)
+        local = [u for u in joined if u != event.sender and self.is_local(u)]
+        targets: list[Membership] = []
+        if len(local) <= _FEW_LOCAL_MEMBERS:
+            for user_id in local:
+                member = await self._rooms.get_membership(event.room_id, user_id)
+                if member is not None and member.membership == "join":
+                    targets.append(member)
+        else:
+            members = await self._rooms.members(event.room_id)
+            targets = [m for m in members if m.user_id != event.sender and self.is_local(m.user_id)]
         if event.type == "m.room.member" and event.state_key and event.state_key != event.sender:
             # An invite notifies its target, who is not yet a member.
             invitee = event.state_key
@@ -134,6 +151,7 @@ class PushRuleService:
         relates = event.content.get("m.relates_to")
         thread_id = relates.get("event_id") if isinstance(relates, dict) and relates.get("rel_type") == "m.thread" else None
         actions: list[tuple[str, bool, bool]] = []
+        notified: list[tuple[str, list[Any]]] = []
         for member in targets:
             if self.muted_users and any([await muted(member.user_id) for muted in self.muted_users]):
                 continue
@@ -142,14 +160,17 @@ class PushRuleService:
                 event_json,
                 user_id=member.user_id,
                 display_name=member.displayname,
-                room_member_count=len(members),
+                room_member_count=len(joined),
                 power_levels=pl.content if pl else {},
                 sender_power_level=sender_level,
             )
             notify, highlight = counts_for(result)
             if notify:
                 actions.append((member.user_id, notify, highlight))
+                notified.append((member.user_id, list(result or ())))
         await self._receipts.add_push_actions(event.room_id, event.event_id, stream, thread_id or "", actions)
+        for listener in self.notify_listeners if notified else ():
+            await listener(event, notified)
 
     def is_local(self, user_id: str) -> bool:
         """Whether ``user_id`` belongs to this server (push rules exist only for those)."""

@@ -310,6 +310,11 @@ class RoomService:
             invitee = UserID.parse(target)
         except InvalidID:
             raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid user ID: {target}") from None
+        if action == "leave" and target == sender:
+            # Leaving again a room one left oneself: the same event again, as Synapse answers.
+            previous = await self._already_left(sender, room_id, reason)
+            if previous is not None:
+                return previous
         if (
             self.remote is not None
             and target == sender
@@ -366,6 +371,16 @@ class RoomService:
             txn=txn,
             extra_check=countersign,
         )
+
+    async def _already_left(self, user_id: str, room_id: str, reason: str | None) -> SentEvent | None:
+        """The user's own leave event when it is their current membership with this reason."""
+        membership = await self._rooms.get_membership(room_id, user_id)
+        if membership is None or membership.membership != "leave" or membership.sender != user_id:
+            return None
+        stored = await self._events.get_event(membership.event_id)
+        if stored is None or stored.event.content.get("reason") != reason:
+            return None
+        return SentEvent(stored.event, membership.stream_ordering)
 
     async def _remote_membership(
         self,
