@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 from nio import EnableEncryptionBuilder, RoomCreateResponse
 
 from tests.interop import harness as h
 from tests.interop.e2ee_clients import NioUser, marker, quiet_library_logs, stored_data_dump
-from tests.interop.synapse_server import make_self_signed_cert
+from tests.interop.federation_scenarios import start_ours, start_theirs
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
 
@@ -80,27 +79,8 @@ async def _conversation(ours: h.RunningServer, theirs: h.RunningServer, tmp_path
 def test_nio_users_on_our_server_and_synapse_talk_encrypted(servers: h.ServerPool, tmp_path: Path) -> None:
     our_port, their_port = h.free_port("127.0.0.1"), h.free_port("127.0.0.2")
     ours_name, theirs_name = f"127.0.0.1:{our_port}", f"127.0.0.2:{their_port}"
-    cert, key = make_self_signed_cert(tmp_path, "127.0.0.1")
-
-    def patch(config: dict[str, Any]) -> None:
-        for listener in config["listeners"]:
-            if listener["port"] == our_port:
-                listener["tls"] = True
-        config.update(
-            tls_certificate_path=str(cert),
-            tls_private_key_path=str(key),
-            federation_domain_whitelist=[theirs_name],
-            federation_verify_certificates=False,
-            ip_range_blacklist=[],
-        )
-
-    theirs = servers.start_synapse(
-        federation_tls=True,
-        host="127.0.0.2",
-        federation_port=their_port,
-        extra_config={"federation_domain_whitelist": [ours_name]},
-    )
-    ours = servers.start_homeserver(host="127.0.0.1", federation_port=our_port, patch_config=patch)
+    theirs = start_theirs(servers, allow=[ours_name], port=their_port)
+    ours = start_ours(servers, tmp_path, allow=[theirs_name], port=our_port)
     theirs.register_user("alice", PASSWORD)
     ours.register_user("bob", PASSWORD)
     try:

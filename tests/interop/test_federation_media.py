@@ -12,11 +12,11 @@ server comes from its cache even with Synapse stopped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.interop import harness as h
+from tests.interop.federation_scenarios import start_ours, start_theirs
 from tests.interop.media_samples import (
     Sample,
     disposition_problems,
@@ -27,7 +27,6 @@ from tests.interop.media_samples import (
     thumbnail_size,
     upload,
 )
-from tests.interop.synapse_server import make_self_signed_cert
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
 
@@ -64,27 +63,8 @@ def _check_thumbnail(server: h.RunningServer, token: str, uri: str) -> list[str]
 def test_media_crosses_between_our_server_and_synapse(servers: h.ServerPool, tmp_path: Path) -> None:
     our_port, their_port = h.free_port("127.0.0.1"), h.free_port("127.0.0.2")
     ours_name, theirs_name = f"127.0.0.1:{our_port}", f"127.0.0.2:{their_port}"
-    cert, key = make_self_signed_cert(tmp_path, "127.0.0.1")
-
-    def patch(config: dict[str, Any]) -> None:
-        for listener in config["listeners"]:
-            if listener["port"] == our_port:
-                listener["tls"] = True
-        config.update(
-            tls_certificate_path=str(cert),
-            tls_private_key_path=str(key),
-            federation_domain_whitelist=[theirs_name],
-            federation_verify_certificates=False,
-            ip_range_blacklist=[],
-        )
-
-    theirs = servers.start_synapse(
-        federation_tls=True,
-        host="127.0.0.2",
-        federation_port=their_port,
-        extra_config={"federation_domain_whitelist": [ours_name]},
-    )
-    ours = servers.start_homeserver(host="127.0.0.1", federation_port=our_port, patch_config=patch)
+    theirs = start_theirs(servers, allow=[ours_name], port=their_port)
+    ours = start_ours(servers, tmp_path, allow=[theirs_name], port=our_port)
     our_token, their_token = _login(ours, "odile"), _login(theirs, "sylvain")
     png, pdf = samples()
     problems: list[str] = []
