@@ -29,8 +29,7 @@ from homeserver.core.clock import Clock
 from homeserver.events.model import Event
 from homeserver.events.room_versions import RoomVersion, get_room_version
 from homeserver.federation.event_checks import PduDropped, PduOutcome, parse_pdu
-from homeserver.federation.ingest_fetch import FederationRequests
-from homeserver.federation.transport import FederationError
+from homeserver.federation.transport import FederationError, FederationRequests
 from homeserver.storage.backfill import BackfillStore, BackwardExtremity
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventRepository, StateBefore

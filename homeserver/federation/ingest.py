@@ -52,10 +52,10 @@ from homeserver.federation.event_checks import (
     parse_pdu,
     process_pdu_checks,
 )
-from homeserver.federation.ingest_fetch import FederationRequests, RemoteEvents
+from homeserver.federation.ingest_fetch import RemoteEvents
 from homeserver.federation.ingest_outliers import OutlierPersister, auth_order, effective_auth_ids
 from homeserver.federation.ingest_state import StateResolver, state_before_ref, state_delta
-from homeserver.federation.transport import FederationError
+from homeserver.federation.transport import FederationError, FederationRequests
 from homeserver.services.events import RoomEventService
 from homeserver.storage.events import EventRepository, StateBefore, StoredEvent
 from homeserver.storage.state import StateKey, StateMap, StateRepository

@@ -9,37 +9,13 @@ answer of the wrong shape).  Checking the PDUs is the caller's business.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
-from homeserver.federation.transport import InvalidResponseError
+from homeserver.federation.transport import FederationRequests, InvalidResponseError
 
 JsonDict = dict[str, Any]
 PREFIX = "/_matrix/federation/v1"
-
-
-class FederationRequests(Protocol):
-    """The part of :class:`~homeserver.federation.transport.FederationClient` used here."""
-
-    async def get_json(
-        self,
-        destination: str,
-        path: str,
-        *,
-        args: Mapping[str, str | Sequence[str]] | None = None,
-        timeout: float | None = None,
-    ) -> Any: ...
-
-    async def post_json(
-        self,
-        destination: str,
-        path: str,
-        content: Any,
-        *,
-        args: Mapping[str, str | Sequence[str]] | None = None,
-        timeout: float | None = None,
-    ) -> Any: ...
 
 
 def _q(value: str) -> str:

@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 from twisted.internet import defer
 
 from homeserver.core.clock import Clock
 from homeserver.core.ids import InvalidID, UserID
-from homeserver.federation.transport import FederationDeniedError, FederationError, HttpResponseError
+from homeserver.federation.transport import (
+    FederationDeniedError,
+    FederationError,
+    FederationRequests,
+    HttpResponseError,
+)
 from homeserver.storage.remote_devices import RemoteDevice, RemoteDeviceRepository
 
 logger = logging.getLogger(__name__)
@@ -34,28 +39,6 @@ MAX_DEVICES_PER_USER = 10_000
 # Whole-list fetches one /keys/query may start at once, per server asked.
 MAX_CONCURRENT_RESYNCS = 10
 
-
-class JsonRequester(Protocol):
-    """What :class:`~homeserver.federation.transport.FederationClient` offers."""
-
-    async def get_json(
-        self,
-        destination: str,
-        path: str,
-        *,
-        args: Mapping[str, str | Sequence[str]] | None = None,
-        timeout: float | None = None,
-    ) -> Any: ...
-
-    async def post_json(
-        self,
-        destination: str,
-        path: str,
-        content: Any,
-        *,
-        args: Mapping[str, str | Sequence[str]] | None = None,
-        timeout: float | None = None,
-    ) -> Any: ...
 
 
 # (user_id, device IDs or None for the cross-signing keys): record and announce a change.
@@ -161,7 +144,7 @@ class RemoteDeviceCache:
         *,
         server_name: str,
         clock: Clock,
-        client: JsonRequester,
+        client: FederationRequests,
         is_allowed: Callable[[str], bool],
         cache: RemoteDeviceRepository,
         cross_signing_keys: Callable[[Collection[str]], Awaitable[dict[str, dict[str, JsonDict]]]],

@@ -24,6 +24,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
+from typing import Protocol as TypingProtocol
 from urllib.parse import urlencode, urlsplit
 
 from twisted.internet import defer
@@ -377,6 +378,30 @@ class WellKnownClient:
             },
             body=body,
         )
+
+
+class FederationRequests(TypingProtocol):
+    """The JSON requests of :class:`FederationClient` that most federation code needs (a Protocol, for fakes in tests)."""
+
+    async def get_json(
+        self,
+        destination: str,
+        path: str,
+        *,
+        args: Mapping[str, str | Sequence[str]] | None = None,
+        timeout: float | None = None,
+    ) -> Any: ...
+
+    async def post_json(
+        self,
+        destination: str,
+        path: str,
+        content: Any,
+        *,
+        args: Mapping[str, str | Sequence[str]] | None = None,
+        timeout: float | None = None,
+    ) -> Any: ...
+
 
 
 class FederationClient:
