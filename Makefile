@@ -33,8 +33,12 @@ run: $(VENV)/.installed $(DATA_DIR)/homeserver.yaml
 	$(BIN)/homeserver run -c $(DATA_DIR)/homeserver.yaml
 
 ## make test: install what the tests need and run the whole suite (CI=true makes PostgreSQL mandatory)
+# In PYTEST_WORKERS processes (pytest-xdist), a test file never split between two (its
+# module-scoped servers start once), in tests/conftest.py's order (the long interop files
+# first) rather than xdist's most-tests-first; PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
 test: $(VENV)/.installed-test prosody
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The XMPP bridge's tests run Debian's Prosody (their own config, loopback ports; never the
 # system service, whose default ports they do not use). Installed when missing and apt-get is

@@ -25,6 +25,18 @@ if os.environ.get("PGPASSWORD"):
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n 2 --dist loadfile``), hand out the
+    real-process interop modules first: they are few and long (servers, clients), the
+    in-process files many and short, so the short ones fill the gaps at the end instead of
+    one worker finishing a long interop module alone. Order within a file is unchanged; a
+    serial run keeps pytest's own order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    interop = os.sep + os.path.join("tests", "interop") + os.sep
+    items.sort(key=lambda item: 0 if interop in str(item.path) else 1)  # stable sort
+
+
 def _pg_unavailable(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"PostgreSQL is required in CI but unusable: {reason}", pytrace=False)

@@ -52,6 +52,7 @@ from homeserver.config.rooms import (
     read_rooms,
 )
 from homeserver.config.server import read_server, read_server_name
+from homeserver.config.server_notices import ServerNoticesConfig, read_server_notices
 from homeserver.config.synapse_keys import SYNAPSE_TOP_LEVEL_KEYS
 from homeserver.config.units import parse_duration, parse_size
 from homeserver.config.voip import read_turn
@@ -176,6 +177,9 @@ class HomeserverConfig:
     government_policy: PolicyConfig = field(default_factory=PolicyConfig)
     account_validity: AccountValidityConfig = field(default_factory=AccountValidityConfig)
 
+    # -- server notices (server_notices.py); None: off ------------------------------------
+    server_notices: ServerNoticesConfig | None = None
+
     def __post_init__(self) -> None:
         # Relative paths given to the constructor are relative to config_dir, as in the file.
         config_dir = os.path.abspath(self.config_dir)
@@ -234,6 +238,7 @@ class HomeserverConfig:
         email = read_email(r)
         government_policy = read_policy(r)
         account_validity = read_account_validity(r)
+        server_notices = read_server_notices(r)
         r.finish(unsupported=SYNAPSE_TOP_LEVEL_KEYS)
         problems.raise_if_errors()
 
@@ -322,5 +327,6 @@ class HomeserverConfig:
             email=email,
             government_policy=government_policy,
             account_validity=account_validity,
+            server_notices=server_notices,
         )
         return config, problems.warnings

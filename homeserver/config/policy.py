@@ -8,7 +8,8 @@ modules' own key names:
 - ``room_access_rules``: synapse-room-access-rules (``im.vector.room.access_rules``);
 - ``domain_rule_checker``: synapse-domain-rule-checker (who may invite whom);
 - ``external_users``: what accounts on the external server may do;
-- ``manage_last_admin``: synapse-manage-last-admin (a room whose last admin leaves).
+- ``manage_last_admin``: synapse-manage-last-admin (a room whose last admin leaves), plus
+  the ``freeze`` mode of Tchap's earlier room-freezing rule.
 
 ``account_validity`` keeps Synapse's keys (``enabled``, ``period``, ``renew_at``,
 ``renew_email_subject``).
@@ -57,8 +58,12 @@ class ExternalUsersConfig:
 
     can_create_public_rooms: bool = False
     can_invite: bool = False
-    # whether other servers show them in their user directory search
+    # whether the other servers list them in their user directory search (remote users
+    # are found there through the rooms they share); off, as on Tchap's agent servers
     visible_in_directory: bool = False
+
+
+LAST_ADMIN_MODES = ("promote", "freeze")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +71,10 @@ class ManageLastAdminConfig:
     """synapse-manage-last-admin: what happens when a room's last admin leaves."""
 
     enabled: bool = False
-    # promote the remaining members with the highest non-default level, if any
+    # "promote": hand the room over (Tchap's module); "freeze": make it read-only
+    mode: str = "promote"
+    # promote the remaining members with the highest non-default level, if any (in
+    # "freeze" mode: instead of freezing, when there is such a member)
     promote_moderators: bool = False
 
 
@@ -176,7 +184,9 @@ def read_policy(r: Reader) -> PolicyConfig:
     drc.finish()
     mla = s.section("manage_last_admin")
     last_admin = ManageLastAdminConfig(
-        enabled=mla.boolean("enabled", False), promote_moderators=mla.boolean("promote_moderators", False)
+        enabled=mla.boolean("enabled", False),
+        mode=mla.choice("mode", "promote", LAST_ADMIN_MODES),
+        promote_moderators=mla.boolean("promote_moderators", False),
     )
     # the module's own domains_forbidden_when_restricted is room_access_rules'
     mla.finish(unsupported=("domains_forbidden_when_restricted",))

@@ -57,7 +57,7 @@ from homeserver.federation.ingest_outliers import OutlierPersister, auth_order, 
 from homeserver.federation.ingest_state import StateResolver, state_before_ref, state_delta
 from homeserver.federation.transport import FederationError, FederationRequests
 from homeserver.services.events import RoomEventService
-from homeserver.storage.events import EventRepository, StateBefore, StoredEvent
+from homeserver.storage.events import EventRepository, ReceivedLookup, StateBefore, StoredEvent
 from homeserver.storage.state import StateKey, StateMap, StateRepository
 
 __all__ = [
@@ -219,12 +219,15 @@ class FederationEventHandler:
             refusal = "This server is not in the room"
         elif not await self.origin_allowed_in_room(origin, room_id):
             refusal = "Server is banned from room"
+        # Which PDUs are stored already, and which stored events cite them: one read for
+        # the transaction, not one a PDU (each answer is re-checked against later writes).
+        lookup = await self._events.lookup_received([e for e, _ in parsed]) if refusal is None and parsed else None
         for event_id, pdu in parsed:
             if refusal is not None:
                 results[event_id] = {"error": refusal}
                 continue
             try:
-                outcome = await self.receive_pdu(origin, pdu)
+                outcome = await self.receive_pdu(origin, pdu, prefetched=lookup)
             except PduDropped as e:
                 logger.info("dropped PDU %s from %s: %s", event_id, origin, e)
                 results[event_id] = {"error": str(e)}
@@ -260,12 +263,20 @@ class FederationEventHandler:
 
     # -- one PDU -------------------------------------------------------------------------
 
-    async def receive_pdu(self, origin: str, pdu_json: dict[str, Any], *, backfilled: bool = False) -> PduOutcome:
+    async def receive_pdu(
+        self,
+        origin: str,
+        pdu_json: dict[str, Any],
+        *,
+        backfilled: bool = False,
+        prefetched: ReceivedLookup | None = None,
+    ) -> PduOutcome:
         """Check, persist and (unless ``backfilled``) announce one PDU that ``origin`` sent.
 
         Raises :class:`PduDropped` when the PDU fails checks 1-2 or cannot be processed
         (:class:`PduIgnored`: unknown room, unobtainable state).  An event already
-        stored is not processed again: its stored outcome is returned.
+        stored is not processed again: its stored outcome is returned.  ``prefetched``:
+        :meth:`EventRepository.lookup_received` for the transaction's PDUs.
         """
         room_id = pdu_json.get("room_id") if isinstance(pdu_json, Mapping) else None
         if not isinstance(room_id, str):
@@ -277,28 +288,39 @@ class FederationEventHandler:
 
         async def locked() -> PduOutcome:
             return await self._receive_locked(
-                origin, room_version, pdu_json, backfilled=backfilled, fetch_missing=not backfilled
+                origin, room_version, pdu_json, backfilled=backfilled, fetch_missing=not backfilled, prefetched=prefetched
             )
 
         outcome: PduOutcome = await self._room_events.run_locked(room_id, locked)
         return outcome
 
     async def _receive_locked(
-        self, origin: str, room_version: RoomVersion, pdu_json: Any, *, backfilled: bool, fetch_missing: bool
+        self,
+        origin: str,
+        room_version: RoomVersion,
+        pdu_json: Any,
+        *,
+        backfilled: bool,
+        fetch_missing: bool,
+        prefetched: ReceivedLookup | None = None,
     ) -> PduOutcome:
         received = parse_pdu(room_version, pdu_json)
-        existing = await self._events.get_event(received.event_id)
+        # Whether stored events already cite it as a prev event comes in the same read.
+        existing, has_children, position = await self._events.get_event_and_children(received.event_id, prefetched)
         if existing is not None and not existing.outlier:
             return _stored_outcome(existing)
         room_id = received.room_id
-        computed: dict[str, Any] = {}
+        computed: dict[str, Any] = {"has_children": has_children}
+        absent_since = position if existing is None else None
 
         async def fetch_auth_events(event: Event) -> KnownEvents:
             return await self._auth_events_for(origin, room_version, event)
 
         async def fetch_state_before(event: Event) -> Mapping[StateKey, Event]:
-            state_ids, ref = await self._state_before(origin, room_version, event, fetch_missing=fetch_missing)
+            state_ids, ref, fetched = await self._state_before(origin, room_version, event, fetch_missing=fetch_missing)
             computed["state"], computed["ref"] = state_ids, ref
+            if fetched:  # events were stored meanwhile: one of them may cite this one
+                computed["has_children"] = None
             return await self._resolver.auth_state(room_version, event, state_ids)
 
         async def fetch_current_state(event: Event) -> Mapping[StateKey, Event]:
@@ -327,9 +349,18 @@ class FederationEventHandler:
         if not outcome.accepted:
             logger.info("%s %s from %s: %s", outcome.status.value, event.event_id, origin, outcome.rejection_reason)
 
+        if not computed["has_children"] and self._events.cited_since(event.event_id, position):
+            computed["has_children"] = None  # an event citing it was stored meanwhile: ask again
         if outcome.accepted and not backfilled:
             result = await self._persist_new_accepted(
-                room_version, event, computed["ref"], state_ids, now, computed.get("current")
+                room_version,
+                event,
+                computed["ref"],
+                state_ids,
+                now,
+                computed.get("current"),
+                computed["has_children"],
+                absent_since,
             )
         else:
             result = await self._events.persist_event(
@@ -341,6 +372,7 @@ class FederationEventHandler:
                 rejected_reason=outcome.rejection_reason if outcome.rejected else None,
                 hidden=not outcome.accepted,
                 backfilled=backfilled,
+                absent_since=absent_since,
             )
         if outcome.accepted:
             await self._apply_redaction(room_version, event, state_ids)
@@ -356,33 +388,48 @@ class FederationEventHandler:
         state_ids: StateMap,
         now: int,
         current: StateMap | None = None,
+        has_children: bool | None = None,
+        absent_since: int | None = None,
     ) -> Any:
         """``current``: the room's current state if the soft-fail check just read it (under
-        the room's lock, so still current): one full-state read a PDU, not two."""
+        the room's lock, so still current): one full-state read a PDU, not two.
+        ``has_children``: whether stored timeline events cite it, if known (None: ask)."""
         room_id = event.room_id
         after = dict(state_ids)
         if event.is_state():
             after[event.state_key_tuple] = event.event_id
         extremities = set(await self._events.get_forward_extremities(room_id))
-        if await self._events.has_timeline_children(event.event_id):
+        if has_children is None:
+            has_children = await self._events.has_timeline_children(event.event_id)
+        if has_children:
             # Known first as an outlier, now placed in the graph behind events we have:
             # it is history, and changes neither the extremities nor the current state.
             return await self._events.persist_event(
-                event, state_before=ref, received_ts=now, current_state_delta=None, new_extremities=sorted(extremities)
+                event,
+                state_before=ref,
+                received_ts=now,
+                current_state_delta=None,
+                new_extremities=sorted(extremities),
+                absent_since=absent_since,
             )
         if current is None:
             current = await self._events.get_current_state_ids(room_id)
         if extremities <= set(event.prev_event_ids):
-            new_current = after  # the event extends every branch: its state is the room's
+            # The event extends every branch: its state is the room's.  Usually the state
+            # before it is the current state (compared in C): the delta is the event alone.
+            if state_ids == current:
+                delta: dict[StateKey, str | None] = {event.state_key_tuple: event.event_id} if event.is_state() else {}
+            else:
+                delta = state_delta(current, after)
         else:
-            new_current = await self._resolver.resolve(room_version, room_id, [current, after])
-        delta = state_delta(current, new_current)
+            delta = state_delta(current, await self._resolver.resolve(room_version, room_id, [current, after]))
         result = await self._events.persist_event(
             event,
             state_before=ref,
             received_ts=now,
             current_state_delta=delta,
             new_extremities=None,
+            absent_since=absent_since,
         )
         self._room_events.note_current_state_delta(event, delta)
         return result
@@ -424,18 +471,22 @@ class FederationEventHandler:
 
     async def _state_before(
         self, origin: str, room_version: RoomVersion, event: Event, *, fetch_missing: bool
-    ) -> tuple[StateMap, StateBefore]:
+    ) -> tuple[StateMap, StateBefore, bool]:
+        """The state before ``event``, how to store it, and whether other events were
+        fetched and stored on the way (missing prev events, the state at a gap)."""
         room_id = event.room_id
         prev_ids = list(dict.fromkeys(event.prev_event_ids))
         if not prev_ids:
             raise PduIgnored(f"{event.event_id} has no prev_events")
         groups = await self._state.get_groups_for_events(prev_ids)
+        fetched = False
         if len(groups) < len(prev_ids) and fetch_missing:
+            fetched = True
             await self._fetch_missing_prevs(origin, room_version, event)
             groups = await self._state.get_groups_for_events(prev_ids)
         missing = [p for p in prev_ids if p not in groups]
         if not missing:
-            return await self._room_events.state_before(room_version, room_id, prev_ids)
+            return (*await self._room_events.state_before(room_version, room_id, prev_ids), fetched)
         # A gap: ask the sender for the state at each prev event we cannot place.
         logger.info("%s: state at %d unknown prev events fetched from %s", event.event_id, len(missing), origin)
         state_sets: list[StateMap] = []
@@ -451,7 +502,7 @@ class FederationEventHandler:
                 raise PduIgnored(f"Cannot get the state at {prev_id} from {origin}: {e}") from e
         resolved = await self._resolver.resolve(room_version, room_id, state_sets)
         base = await self._state.get_state(base_group) if base_group is not None else {}
-        return resolved, state_before_ref(base_group, base, resolved)
+        return resolved, state_before_ref(base_group, base, resolved), True
 
     async def _fetch_missing_prevs(self, origin: str, room_version: RoomVersion, event: Event) -> None:
         room_id = event.room_id

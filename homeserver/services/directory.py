@@ -1,17 +1,36 @@
-"""The room directory (published rooms) and the user directory."""
+"""The room directory (published rooms) and the user directory.
+
+The user directory (``POST /user_directory/search``) finds local users and the remote users
+joined to the rooms this server is in, as Synapse's does: by default the users sharing a
+joined room with the searcher and the members of public rooms; every user with
+``user_directory.search_all_users``.  Its tables (storage/user_directory.py) are kept up
+to date as events are persisted (:meth:`DirectoryService.on_event_persisted`, a post-persist
+hook run for local and received events alike) and as local profiles change.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from twisted.internet import defer
+
+from homeserver.config.rooms import UserDirectoryConfig
 from homeserver.core.errors import Codes, MatrixError, forbidden, not_found
+from homeserver.events.model import Event
 from homeserver.events.power_levels import get_user_power_level
 from homeserver.services.events import RoomEventService
 from homeserver.storage.rooms import RoomRepository
-from homeserver.storage.userdata import ProfileRepository
+from homeserver.storage.state import StateMap
+from homeserver.storage.user_directory import DirectoryEntry, SearchScope, UserDirectoryRepository, query_words
+
+logger = logging.getLogger(__name__)
 
 MAX_LIMIT = 500
+MAX_USER_SEARCH_LIMIT = 50  # Synapse's cap on a search's limit
+MAX_USER_SEARCH_SCAN = 10_000  # candidates read at most when filters hide many
+_PUBLICITY_TYPES = ("m.room.join_rules", "m.room.history_visibility")
 
 # Policy hooks: may (user, room, visibility) publish or unpublish?  Raise a MatrixError if not.
 PublishCheck = Callable[[str, str, str], Awaitable[None]]
@@ -26,14 +45,22 @@ class DirectoryService:
         server_name: str,
         events: RoomEventService,
         rooms: RoomRepository,
-        profiles: ProfileRepository,
-        search_all_users: bool,
+        user_directory: UserDirectoryRepository,
+        config: UserDirectoryConfig,
     ) -> None:
+        """``on_event_persisted`` must be added to the room events' post-persist hooks."""
         self._server_name = server_name
         self._events = events
         self._rooms = rooms
-        self._profiles = profiles
-        self._search_all_users = search_all_users
+        self._user_dir = user_directory
+        self._directory_config = config
+        self._scope = SearchScope(
+            search_all_users=config.search_all_users,
+            exclude_remote_users=config.exclude_remote_users,
+            prefer_local_users=config.prefer_local_users,
+        )
+        self._populated = False
+        self._populate_lock = defer.DeferredLock()
         self.publish_checks: list[PublishCheck] = []
         self.search_filters: list[SearchFilter] = []
 
@@ -43,7 +70,9 @@ class DirectoryService:
         if not await self._rooms.room_exists(room_id):
             raise not_found("Unknown room")
         if not is_admin:
-            state = await self._events.current_state_events(room_id, [("m.room.create", ""), ("m.room.power_levels", "")])
+            state = await self._events.current_state_events(
+                room_id, [("m.room.create", ""), ("m.room.power_levels", "")]
+            )
             create = state.get(("m.room.create", ""))
             pl = state.get(("m.room.power_levels", ""))
             version = await self._events.room_version(room_id)
@@ -89,8 +118,19 @@ class DirectoryService:
     async def _room_entry(self, room_id: str) -> dict[str, Any]:
         state = await self._events.current_state_events(
             room_id,
-            [(t, "") for t in ("m.room.name", "m.room.topic", "m.room.canonical_alias", "m.room.avatar",
-                               "m.room.join_rules", "m.room.history_visibility", "m.room.guest_access", "m.room.create")],
+            [
+                (t, "")
+                for t in (
+                    "m.room.name",
+                    "m.room.topic",
+                    "m.room.canonical_alias",
+                    "m.room.avatar",
+                    "m.room.join_rules",
+                    "m.room.history_visibility",
+                    "m.room.guest_access",
+                    "m.room.create",
+                )
+            ],
         )
 
         def content(t: str) -> dict[str, Any]:
@@ -116,25 +156,86 @@ class DirectoryService:
                 entry[key] = value
         return entry
 
+    # -- the user directory ------------------------------------------------------------
+
     async def search_users(self, user_id: str, term: str, limit: int) -> dict[str, Any]:
-        """Users matching ``term`` whom the searcher shares a room with (or everyone, if configured)."""
-        limit = max(1, min(limit, 50))
-        visible = None if self._search_all_users else await self._rooms.shared_room_users(user_id)
-        if visible is not None:
-            for room_id in await self._rooms.published_rooms():
-                visible |= await self._events.joined_users(room_id)
+        """Users matching ``term`` whom the searcher shares a joined room with or who are in
+        a public room this server is in (or every user, with ``search_all_users``), best match
+        first, the policy's search filters applied; ``limited`` if more were left out."""
+        if not self._directory_config.enabled:
+            return {"limited": False, "results": []}
+        limit = max(0, min(limit, MAX_USER_SEARCH_LIMIT))
+        words = query_words(term)
+        if not words:
+            return {"limited": False, "results": []}
+        await self._ensure_populated()
+        found: list[DirectoryEntry] = []
+        offset, page = 0, limit + 1
+        # The filters (hidden profiles, expired accounts, external users) may drop entries:
+        # read on until limit + 1 remain or the candidates run out.
+        while True:
+            entries = await self._user_dir.search(user_id, words, self._scope, limit=page, offset=offset)
+            hidden: set[str] = set()
+            for search_filter in self.search_filters:
+                hidden |= await search_filter(user_id, [e.user_id for e in entries])
+            found.extend(e for e in entries if e.user_id not in hidden)
+            offset += len(entries)
+            if len(found) > limit or len(entries) < page or offset >= MAX_USER_SEARCH_SCAN:
+                break
+            page = min(page * 2, 500)
         results = []
-        found = await self._profiles.search(term, limit * 5 + 10)
-        hidden: set[str] = set()
-        for search_filter in self.search_filters:
-            hidden |= await search_filter(user_id, [uid for uid, _, _ in found])
-        for uid, displayname, avatar in found:
-            if (visible is not None and uid not in visible) or uid in hidden:
-                continue
-            entry: dict[str, Any] = {"user_id": uid}
-            if displayname:
-                entry["display_name"] = displayname
-            if avatar:
-                entry["avatar_url"] = avatar
-            results.append(entry)
-        return {"results": results[:limit], "limited": len(results) > limit}
+        for entry in found[:limit]:
+            result: dict[str, Any] = {"user_id": entry.user_id}
+            if entry.display_name:
+                result["display_name"] = entry.display_name
+            if entry.avatar_url:
+                result["avatar_url"] = entry.avatar_url
+            results.append(result)
+        return {"results": results, "limited": len(found) > limit}
+
+    async def on_event_persisted(self, event: Event, stream: int, state_after: StateMap) -> None:
+        """Post-persist hook (local and received events): keep the directory in step with
+        memberships, remote users' profiles and the rooms' join rules."""
+        if not event.is_state():
+            return
+        if event.type == "m.room.member" and event.state_key:
+            await self._ensure_populated()
+            await self._on_membership(event.room_id, event.state_key)
+        elif event.type in _PUBLICITY_TYPES and event.state_key == "":
+            await self._ensure_populated()
+            tracked = await self._user_dir.room_publicity(event.room_id)
+            if tracked is not None:
+                is_public = await self._room_is_public(event.room_id)
+                if is_public != tracked:
+                    await self._user_dir.track_room(event.room_id, is_public, index_members=False)
+
+    async def _on_membership(self, room_id: str, user_id: str) -> None:
+        if await self._user_dir.apply_membership(room_id, user_id):
+            await self._user_dir.track_room(room_id, await self._room_is_public(room_id), index_members=True)
+
+    async def _room_is_public(self, room_id: str) -> bool:
+        """Synapse's rule: members of rooms anyone may join, or whose history is
+        world-readable, are visible to every local user."""
+        state = await self._events.current_state_events(room_id, [(t, "") for t in _PUBLICITY_TYPES])
+        join_rules = state.get(("m.room.join_rules", ""))
+        visibility = state.get(("m.room.history_visibility", ""))
+        return (join_rules is not None and join_rules.content.get("join_rule") == "public") or (
+            visibility is not None and visibility.content.get("history_visibility") == "world_readable"
+        )
+
+    async def _ensure_populated(self) -> None:
+        """Build the directory from the existing users and rooms, once per database (for
+        databases that predate it; a new one starts built)."""
+        if self._populated:
+            return
+        async with self._populate_lock:
+            if self._populated:
+                return
+            if not await self._user_dir.is_populated():
+                users = await self._user_dir.index_local_users()
+                rooms = await self._user_dir.rooms_with_local_members()
+                for room_id in rooms:
+                    await self._user_dir.track_room(room_id, await self._room_is_public(room_id), index_members=True)
+                await self._user_dir.mark_populated()
+                logger.info("user directory built: %d local users, %d rooms", users, len(rooms))
+            self._populated = True

@@ -89,6 +89,8 @@ class RoomEventService:
         self._notifier = notifier
         self._locks = RoomLocks()
         self._joined_cache: dict[str, frozenset[str]] = {}
+        # room -> (joined set it was computed from, our users in it): see local_joined_users.
+        self._local_joined: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
         self.post_persist_hooks: list[PostPersistHook] = []
         self.event_policy_checks: list[EventPolicyCheck] = []
 
@@ -118,6 +120,18 @@ class RoomEventService:
             cached = frozenset(m.user_id for m in await self._rooms.members(room_id))
             self._joined_cache[room_id] = cached
         return cached
+
+    async def local_joined_users(self, room_id: str) -> frozenset[str]:
+        """Our users among :meth:`joined_users`, recomputed only when the joined set
+        changes (every event of a big federated room would otherwise scan its members)."""
+        joined = await self.joined_users(room_id)
+        hit = self._local_joined.get(room_id)
+        if hit is not None and hit[0] is joined:
+            return hit[1]
+        suffix = ":" + self.server_name
+        local = frozenset(u for u in joined if u.endswith(suffix))
+        self._local_joined[room_id] = (joined, local)
+        return local
 
     def note_current_state_delta(self, event: Event, delta: Mapping[StateKey, str | None] | None) -> None:
         """Call before :meth:`announce` when persisting ``event`` changed the room's current
@@ -350,15 +364,15 @@ class RoomEventService:
         """After an event is persisted (local or received): run the post-persist hooks and
         wake the /sync requests of everyone concerned."""
         room_id = event.room_id
-        before = await self.joined_users(room_id)
-        wake: set[str] | frozenset[str] = before
-        if event.type == "m.room.member" and event.state_key is not None:
-            await self._apply_membership_change(room_id, event.state_key)
-            wake = before | await self.joined_users(room_id) | {event.state_key}
         # Only our users have /sync requests to wake (remote members are most of a big
         # federated room, and each woken user costs a token update).
         suffix = ":" + self.server_name
-        wake = {u for u in wake if u.endswith(suffix)}
+        wake: set[str] | frozenset[str] = await self.local_joined_users(room_id)
+        if event.type == "m.room.member" and event.state_key is not None:
+            await self._apply_membership_change(room_id, event.state_key)
+            wake = wake | await self.local_joined_users(room_id)
+            if event.state_key.endswith(suffix):
+                wake = wake | {event.state_key}
         for hook in self.post_persist_hooks:
             try:
                 await defer.maybeDeferred(hook, event, stream, state_after)

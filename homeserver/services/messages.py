@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Protocol
 
 from homeserver.core.errors import Codes, MatrixError, forbidden, not_found
@@ -30,14 +31,16 @@ class Backfiller(Protocol):
         ...
 
 
+_TOPO_TOKEN = re.compile(r"t(-?[0-9]{1,19})-(-?[0-9]{1,19})")
+
+
 def parse_topo_token(token: str, param: str) -> TopoKey | None:
     """A /messages token: ``t<depth>-<stream>``, or a /sync ``s...`` token (None: resolve later)."""
     if token.startswith("t"):
-        try:
-            depth, stream = token[1:].split("-", 1)
-            return TopoKey(int(depth), int(stream))
-        except ValueError:
-            pass
+        # the bounds /messages answers as ``start`` without ``from`` are negative: t-1--1
+        matched = _TOPO_TOKEN.fullmatch(token)
+        if matched and all(abs(int(n)) <= 2**62 for n in matched.groups()):  # SQL BIGINT range
+            return TopoKey(int(matched[1]), int(matched[2]))
     elif token.startswith("s"):
         return None
     raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid {param} token: {token!r}")
@@ -192,13 +195,7 @@ class MessageService:
     ) -> list[dict[str, Any]]:
         state = await self._state_for_reader(requester.user_id, room_id)
         if at is not None:
-            key = parse_topo_token(at, "at")
-            if key is not None:
-                found = await self._timeline.paginate(room_id, start=key, backwards=True, limit=1)
-                if found:
-                    at_state = await self._state.get_state_after_event(found[0][0])
-                    if at_state is not None:
-                        state = at_state
+            state = await self._state_at_token(requester.user_id, room_id, at, state)
         member_ids = [e for (t, _), e in state.items() if t == "m.room.member"]
         events = await self._store.get_events(member_ids)
         chosen = []
@@ -213,6 +210,28 @@ class MessageService:
                 continue
             chosen.append(stored)
         return await self.presenter.serialize(chosen, user_id=None, device_id=None, with_relations=False)
+
+    async def _state_at_token(
+        self, user_id: str, room_id: str, at: str, readable: dict[tuple[str, str], str]
+    ) -> dict[tuple[str, str], str]:
+        """The state at a /messages (``t...``) or /sync (``s...``) token: after the room's
+        last event before it; empty before the room's first event.  A former member sees
+        the state when they left at the latest (``readable``, from ``_state_for_reader``)."""
+        key = parse_topo_token(at, "at")
+        if key is None:
+            from homeserver.services.streams import StreamToken
+
+            key = await self._timeline.topo_key_for_stream(room_id, StreamToken.parse(at, "at").events)
+        found = await self._timeline.paginate(room_id, start=key, backwards=True, limit=1)
+        if not found:
+            return {}
+        event_id, position = found[0]
+        membership = await self._rooms.get_membership(room_id, user_id)
+        if membership is not None and membership.membership in ("leave", "ban"):
+            if position.stream > membership.stream_ordering:
+                return readable
+        at_state = await self._state.get_state_after_event(event_id)
+        return readable if at_state is None else at_state
 
     async def joined_members(self, requester: Requester, room_id: str) -> dict[str, Any]:
         await self._require_joined(requester.user_id, room_id)

@@ -123,7 +123,7 @@ class PushRuleService:
         # The joined members are cached in memory: in a big federated room, reading every
         # member row per event (to keep the few local ones) was O(members) an event.
         joined = await self._events.joined_users(event.room_id)
-        local = [u for u in joined if u != event.sender and self.is_local(u)]
+        local = [u for u in await self._events.local_joined_users(event.room_id) if u != event.sender and self.is_local(u)]
         targets: list[Membership] = []
         if len(local) <= _FEW_LOCAL_MEMBERS:
             for user_id in local:

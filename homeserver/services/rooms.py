@@ -15,8 +15,11 @@ from homeserver.events.model import Event
 from homeserver.events.power_levels import (
     CREATOR_DEFAULT_LEVEL,
     CREATOR_POWER_LEVEL,
+    get_invite_level,
     get_required_level_for_event,
     get_user_power_level,
+    is_valid_power_level,
+    parse_power_level,
 )
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from homeserver.services.events import RoomEventService, SentEvent
@@ -44,6 +47,8 @@ class CreateRoomRequest:
     power_level_content_override: dict[str, Any] | None = None
     # ``{medium, address, id_server?, id_access_token?}``: invited by address once created
     invite_3pid: tuple[dict[str, Any], ...] = ()
+    # server notices rooms: never encrypted by encryption_enabled_by_default_for_room_type
+    ignore_forced_encryption: bool = False
 
 
 ProfileLookup = Callable[[str], Awaitable[tuple[str | None, str | None]]]
@@ -73,6 +78,56 @@ class RemoteMembership(Protocol):
     ) -> tuple[Event, int]: ...
 
     async def countersign_invite(self, event: Event, state_before: StateMap) -> None: ...
+
+
+def _check_initial_power_levels(
+    room_version: RoomVersion, creator: str, req: CreateRoomRequest, pl: Mapping[str, Any], state: list[tuple[str, str]]
+) -> None:
+    """Refuse, before anything is created, power levels the auth rules would refuse or that
+    leave the creator unable to send the room's initial state or invites: the spec's 400
+    ``M_INVALID_ROOM_STATE`` for "the initial state implied by the parameters is invalid"."""
+
+    def invalid(problem: str) -> MatrixError:
+        return MatrixError(400, Codes.INVALID_ROOM_STATE, f"Invalid power_level_content_override: {problem}")
+
+    for name in ("users_default", "events_default", "state_default", "ban", "redact", "kick", "invite"):
+        if name in pl and not is_valid_power_level(pl[name], room_version):
+            raise invalid(f"{name} is not an integer")
+    for name in ("events", "notifications", "users"):
+        levels = pl.get(name, {})
+        if not isinstance(levels, Mapping):
+            raise invalid(f"{name} is not an object")
+        for key, level in levels.items():
+            if not is_valid_power_level(level, room_version):
+                raise invalid(f"{name}[{key!r}] is not an integer")
+    users: Mapping[str, Any] = pl.get("users", {})
+    for user_id in users:
+        try:
+            UserID.parse(user_id)
+        except InvalidID:
+            raise invalid(f"users has a key that is not a user ID: {user_id!r}") from None
+    if room_version.privileged_creators:
+        additional = req.creation_content.get("additional_creators")
+        creators = {creator, *(additional if isinstance(additional, list) else ())}
+        listed = sorted(str(u) for u in creators if u in users)
+        if listed:
+            raise invalid(f"room creators have unlimited power and may not be listed in users ({', '.join(listed)})")
+        return  # a creator may send anything
+    if ("m.room.power_levels", "") in state:
+        return  # initial_state replaces these power levels: the auth rules judge what follows
+    level = parse_power_level(users.get(creator, pl.get("users_default", 0))) or 0
+    for event_type, state_key in state:
+        needed = get_required_level_for_event(event_type, state_key, pl)
+        if level < needed:
+            raise MatrixError(
+                400, Codes.INVALID_ROOM_STATE,
+                f"Invalid initial state: {event_type} needs power level {needed}; the creator would have {level}",
+            )
+    if req.invite and level < get_invite_level(pl):
+        raise MatrixError(
+            400, Codes.INVALID_ROOM_STATE,
+            f"Invalid initial state: inviting needs power level {get_invite_level(pl)}; the creator would have {level}",
+        )
 
 
 def _random_string(n: int) -> str:
@@ -140,6 +195,23 @@ class RoomService:
             except InvalidID:
                 raise MatrixError(400, Codes.INVALID_PARAM, f"Parameter invite contains an invalid user ID: {invitee}") from None
         preset = req.preset or ("public_chat" if req.visibility == "public" else "private_chat")
+        pl = self._power_levels(room_version, creator, preset, req)
+        initial = {(t, k): c for t, k, c in req.initial_state}
+        join_rule = "public" if preset == "public_chat" else "invite"
+        defaults: list[tuple[str, dict[str, Any]]] = [
+            ("m.room.join_rules", {"join_rule": join_rule}),
+            ("m.room.history_visibility", {"history_visibility": "shared"}),
+        ]
+        if preset != "public_chat":
+            defaults.append(("m.room.guest_access", {"guest_access": "can_join"}))
+        forced = self._encrypt_new_room(preset) and not req.ignore_forced_encryption
+        state_to_send = [(t, "") for t, _ in defaults if (t, "") not in initial]
+        state_to_send += [("m.room.canonical_alias", "")] if alias is not None else []
+        state_to_send += [("m.room.encryption", "")] if forced and ("m.room.encryption", "") not in initial else []
+        state_to_send += list(initial)
+        state_to_send += [("m.room.name", "")] if req.name is not None else []
+        state_to_send += [("m.room.topic", "")] if req.topic is not None else []
+        _check_initial_power_levels(room_version, creator, req, pl, state_to_send)
 
         create_content: dict[str, Any] = dict(req.creation_content)
         create_content["room_version"] = room_version.identifier
@@ -159,22 +231,13 @@ class RoomService:
         room_id = created.event.room_id
         await self._send_state(room_id, creator, "m.room.member", creator, await self._member_content(creator, "join"))
 
-        pl = self._power_levels(room_version, creator, preset, req)
         await self._send_state(room_id, creator, "m.room.power_levels", "", pl)
         if alias is not None:
             await self._send_state(room_id, creator, "m.room.canonical_alias", "", {"alias": alias})
-        initial = {(t, k): c for t, k, c in req.initial_state}
-        join_rule = "public" if preset == "public_chat" else "invite"
-        defaults: list[tuple[str, dict[str, Any]]] = [
-            ("m.room.join_rules", {"join_rule": join_rule}),
-            ("m.room.history_visibility", {"history_visibility": "shared"}),
-        ]
-        if preset != "public_chat":
-            defaults.append(("m.room.guest_access", {"guest_access": "can_join"}))
         for event_type, content in defaults:
             if (event_type, "") not in initial:
                 await self._send_state(room_id, creator, event_type, "", content)
-        if self._encrypt_new_room(preset) and ("m.room.encryption", "") not in initial:
+        if forced and ("m.room.encryption", "") not in initial:
             await self._send_state(room_id, creator, "m.room.encryption", "", {"algorithm": "m.megolm.v1.aes-sha2"})
         for (event_type, state_key), content in initial.items():
             await self._send_state(room_id, creator, event_type, state_key, content)

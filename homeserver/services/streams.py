@@ -29,7 +29,7 @@ class StreamToken:
             if not token.startswith("s"):
                 raise ValueError
             parts = [int(p) for p in token[1:].split("_")]
-            if not parts or any(p < 0 for p in parts):
+            if not parts or any(p < 0 or p > 2**62 for p in parts):  # positions are SQL BIGINTs
                 raise ValueError
         except ValueError:
             raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid {param} token: {token!r}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from homeserver.storage.database import Database, Transaction
+from homeserver.storage.user_directory import refresh_local_user_txn
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,10 @@ class AccountRepository:
                 " ON CONFLICT (user_id) DO NOTHING",
                 (user_id, password_hash, now_ms, int(is_admin), int(is_guest), user_type, appservice_id),
             )
-            return txn.rowcount == 1
+            if txn.rowcount != 1:
+                return False
+            refresh_local_user_txn(txn, user_id)  # findable in the user directory
+            return True
 
         return await self._db.run_interaction("create_user", txn_fn)
 

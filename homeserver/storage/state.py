@@ -8,9 +8,10 @@ storage grows with the number of state changes only.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
 
-from homeserver.storage.database import Database, Transaction
+from homeserver.storage.database import Database, Row, Transaction
 
 StateKey = tuple[str, str]
 StateMap = dict[StateKey, str]
@@ -22,16 +23,105 @@ SNAPSHOT_INTERVAL = 50
 _CACHE_MAX_ENTRIES = 1_000_000
 _CACHE_MAX_GROUPS = 20_000
 _EVENT_GROUP_CACHE_SIZE = 200_000
+_CHAIN_LENGTH_CACHE_SIZE = 10_000
+
+
+# SQLite before 3.32 allows 999 bound parameters a statement: multi-row inserts stay below.
+_MAX_PARAMS = 900
+
+
+def insert_rows_txn(txn: Transaction, head: str, rows: Sequence[Sequence[Any]], tail: str = "") -> None:
+    """``head`` (``INSERT INTO t (a, b)``) ``VALUES (?, ?), (?, ?), ...`` ``tail`` for all
+    ``rows``, a few hundred rows a statement: one round trip where ``execute_many`` makes
+    one a row (psycopg2 runs ``executemany`` row by row)."""
+    if not rows:
+        return
+    width = len(rows[0])
+    per = max(1, _MAX_PARAMS // width)
+    one = "(" + ",".join("?" * width) + ")"
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        params = [value for row in chunk for value in row]
+        txn.execute(f"{head} VALUES {','.join([one] * len(chunk))} {tail}", params)
+
+
+class StatementBatch(Transaction):
+    """A transaction whose writes are sent together: on PostgreSQL, statements queue up
+    (psycopg2 binds parameters on the client) and go as one round trip when a read, the
+    end of the batch or a rowcount needs them; on SQLite (in process) they run at once.
+    Any failing statement fails the transaction, as before."""
+
+    def __init__(self, txn: Transaction) -> None:  # wraps txn: no cursor of its own
+        self.engine = txn.engine
+        self.after_commit = txn.after_commit
+        self._txn = txn
+        self._queued: list[str] = []
+        self._params: list[Any] = []
+        self._batching = txn.engine.name == "postgres"
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        if not self._batching:
+            self._txn.execute(sql, params)
+            return
+        self._queued.append(sql)
+        self._params.extend(params)
+
+    def flush(self) -> None:
+        if self._queued:
+            sql, params = ";\n".join(self._queued), self._params
+            self._queued, self._params = [], []
+            self._txn.execute(sql, params)
+
+    def execute_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.flush()
+        self._txn.execute_many(sql, rows)
+
+    def fetchone(self) -> Row | None:
+        return self._txn.fetchone()
+
+    def fetchall(self) -> list[Row]:
+        return self._txn.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        self.flush()
+        return self._txn.rowcount
+
+    def select_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        self.flush()
+        return self._txn.select_one(sql, params)
+
+    def select_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self.flush()
+        return self._txn.select_all(sql, params)
 
 
 class StateGroupCache:
-    """Bounded LRU of group -> full state; entries are never mutated once cached."""
+    """Bounded LRU of group -> full state; entries are never mutated once cached.
+
+    Also holds what event persistence and state reads share: event -> state group after
+    it (immutable once written) and the chain length of recent groups.
+    """
 
     def __init__(self, max_entries: int = _CACHE_MAX_ENTRIES, max_groups: int = _CACHE_MAX_GROUPS) -> None:
         self._max_entries = max_entries
         self._max_groups = max_groups
         self._entries: OrderedDict[int, StateMap] = OrderedDict()
         self._weight = 0
+        self.event_groups: OrderedDict[str, int] = OrderedDict()
+        self.chain_lengths: OrderedDict[int, int] = OrderedDict()
+
+    def note_event_groups(self, groups: Mapping[str, int]) -> None:
+        """Remember event -> group (call only once the rows are committed)."""
+        for event_id, group in groups.items():
+            self.event_groups[event_id] = group
+        while len(self.event_groups) > _EVENT_GROUP_CACHE_SIZE:
+            self.event_groups.popitem(last=False)
+
+    def note_chain_length(self, group: int, length: int) -> None:
+        self.chain_lengths[group] = length
+        while len(self.chain_lengths) > _CHAIN_LENGTH_CACHE_SIZE:
+            self.chain_lengths.popitem(last=False)
 
     def get(self, group: int) -> StateMap | None:
         state = self._entries.get(group)
@@ -97,28 +187,35 @@ def create_state_group_txn(
         chain_length = 0
         entries: Mapping[StateKey, str | None] = full
     else:
-        row = txn.select_one("SELECT chain_length FROM state_groups WHERE id = ?", (prev_group,))
-        if row is None:
-            raise KeyError(f"unknown state group {prev_group}")
+        prev_length = cache.chain_lengths.get(prev_group)
+        if prev_length is None:
+            row = txn.select_one("SELECT chain_length FROM state_groups WHERE id = ?", (prev_group,))
+            if row is None:
+                raise KeyError(f"unknown state group {prev_group}")
+            prev_length = int(row[0])
         full = dict(load_state_group_txn(txn, prev_group, cache))
         for key, event_id in delta.items():
             if event_id is None:
                 full.pop(key, None)
             else:
                 full[key] = event_id
-        if int(row[0]) + 1 >= SNAPSHOT_INTERVAL:
+        if prev_length + 1 >= SNAPSHOT_INTERVAL:
             prev_group, chain_length, entries = None, 0, full
         else:
-            chain_length, entries = int(row[0]) + 1, delta
+            chain_length, entries = prev_length + 1, delta
     txn.execute(
         "INSERT INTO state_groups (id, room_id, prev_group, chain_length) VALUES (?, ?, ?, ?)",
         (group_id, room_id, prev_group, chain_length),
     )
-    txn.execute_many(
-        "INSERT INTO state_group_entries (state_group, type, state_key, event_id) VALUES (?, ?, ?, ?)",
+    insert_rows_txn(
+        txn,
+        "INSERT INTO state_group_entries (state_group, type, state_key, event_id)",
         [(group_id, k[0], k[1], v) for k, v in entries.items()],
     )
+    # Cached before commit, as the group's state is: a rolled-back group ID is reused by
+    # the next persist, which overwrites both.
     cache.put(group_id, full)
+    cache.note_chain_length(group_id, chain_length)
     return full
 
 
@@ -128,8 +225,9 @@ class StateRepository:
     def __init__(self, db: Database, cache: StateGroupCache) -> None:
         self._db = db
         self.cache = cache
-        # event -> state group after it: immutable once written, so safe to keep.
-        self._event_groups: OrderedDict[str, int] = OrderedDict()
+        # event -> state group after it: immutable once written, so safe to keep (event
+        # persistence adds the groups it writes).
+        self._event_groups = cache.event_groups
 
     async def get_state(self, group: int) -> StateMap:
         cached = self.cache.get(group)
@@ -160,10 +258,7 @@ class StateRepository:
         missing = [e for e in event_ids if e not in known]
         if missing:
             fetched = await self._fetch_groups_for_events(missing)
-            for event_id, group in fetched.items():
-                self._event_groups[event_id] = group
-            while len(self._event_groups) > _EVENT_GROUP_CACHE_SIZE:
-                self._event_groups.popitem(last=False)
+            self.cache.note_event_groups(fetched)
             known.update(fetched)
         return known
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from homeserver.storage.database import Database, Transaction
 from homeserver.storage.streams import StreamIdAllocator
+from homeserver.storage.user_directory import refresh_local_user_txn
 
 
 class ProfileRepository:
@@ -22,14 +23,16 @@ class ProfileRepository:
 
     async def set_field(self, user_id: str, field: str, value: str | None) -> None:
         assert field in ("displayname", "avatar_url")
-        await self._db.run_interaction(
-            "set_profile",
-            lambda txn: txn.execute(
+
+        def txn_fn(txn: Transaction) -> None:
+            txn.execute(
                 f"INSERT INTO profiles (user_id, {field}) VALUES (?, ?)"
                 f" ON CONFLICT (user_id) DO UPDATE SET {field} = excluded.{field}",
                 (user_id, value),
-            ),
-        )
+            )
+            refresh_local_user_txn(txn, user_id)  # the user directory follows the profile
+
+        await self._db.run_interaction("set_profile", txn_fn)
 
     async def search(self, term: str, limit: int) -> list[tuple[str, str | None, str | None]]:
         """(user_id, displayname, avatar_url) matching ``term`` in the user ID or display name:

@@ -305,6 +305,31 @@ async def test_transaction_limits_duplicates_and_edus(peers: dict[str, Peer]) ->
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_transaction_with_a_chain_and_a_repeated_pdu(peers: dict[str, Peer]) -> None:
+    """The transaction's PDUs are looked up in one read; each answer still holds for the
+    PDUs after the first (m1 twice: the second is the stored m1, not a new event)."""
+    room = await make_room(peers)
+    await room.join_alice()
+    m1 = await room.build("m.room.message", {"body": "one", "msgtype": "m.text"})
+    m2 = await room.build("m.room.message", {"body": "two", "msgtype": "m.text"}, prev=[m1.event_id])
+    m3 = await room.build("m.room.message", {"body": "three", "msgtype": "m.text"}, prev=[m2.event_id])
+    result = await send(room.a, "b.test", [m1.get_pdu_json(), m2.get_pdu_json(), m1.get_pdu_json(), m3.get_pdu_json()])
+    assert result == {"pdus": {m1.event_id: {}, m2.event_id: {}, m3.event_id: {}}}
+    # (Depths built here do not follow m1: the order of /messages is not the point.)
+    assert sorted((await timeline_bodies(room))[-3:]) == ["one", "three", "two"]
+    for event in (m1, m2, m3):
+        stored = await room.stored(event.event_id)
+        assert stored is not None and not stored.outlier and not stored.hidden
+    events = room.b.hs.services.events._events
+    assert await events.get_forward_extremities(room.room_id) == [m3.event_id]
+    # What the in-memory copies say is what a fresh read of the database says.
+    state = await events.get_current_state_ids(room.room_id)
+    fresh = type(events)(events._db, events._state_cache)
+    assert await fresh.get_current_state_ids(room.room_id) == state
+    assert await fresh.get_forward_extremities(room.room_id) == [m3.event_id]
+
+
+@pytest_twisted.ensureDeferred
 async def test_non_allowlisted_origin_is_refused_before_processing(peers: dict[str, Peer]) -> None:
     room = await make_room(peers)
     await room.join_alice()

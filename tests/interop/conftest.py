@@ -14,12 +14,17 @@ Servers
   module_synapse    the same factory, module-scoped.
   our_homeserver    function-scoped factory for our server: our_homeserver(engine=...).
 
-Every server is stopped at teardown with SIGTERM and must exit with code 0 within
-10 s; otherwise the test errors with the server's log tail. A failing test also
-shows the log tail of every server it used.
+Every server is stopped at teardown with SIGTERM (a pool's servers all at once) and
+must exit with code 0 within 10 s; otherwise the test errors with the server's log
+tail. A failing test also shows the log tail of every server it used.
 
 PostgreSQL (127.0.0.1:5432, user postgres): each server gets a fresh database, dropped
-at teardown. Unreachable PostgreSQL skips the postgres cases, or fails them when CI=true.
+in the background after teardown (the session waits for every drop at its end).
+Unreachable PostgreSQL skips the postgres cases, or fails them when CI=true.
+
+pytest-xdist (make test: -n 2 --dist loadfile): a file's tests share one worker, so its
+module-scoped servers start once; each worker takes ports from its own block
+(harness.free_port), its own databases and tmp directories.
 
 Node
   js_sdk            session-scoped: runs `npm ci` in js/ once (skipped when node_modules
@@ -28,6 +33,9 @@ Node
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -149,7 +157,12 @@ def js_sdk() -> Path:
     if reason:
         _unavailable(reason)
     try:
-        js_node.ensure_node_modules()
+        # pytest-xdist workers each ask; the lock makes one run `npm ci` while the others
+        # wait and then find node_modules up to date.
+        digest = hashlib.sha256(str(js_node.JS_DIR).encode()).hexdigest()[:12]
+        with open(Path(tempfile.gettempdir()) / f"interop-npm-{digest}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            js_node.ensure_node_modules()
         return js_node.JS_DIR
     except h.HarnessError as exc:
         problem = str(exc)

@@ -14,8 +14,10 @@ have them stopped, and their clean shutdown checked, at teardown.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -25,7 +27,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +85,12 @@ TEST_RATE_LIMITS: dict[str, Any] = {
 }
 
 
+# Password hashing at bcrypt's minimum cost (both servers read Synapse's key): every
+# registration and password login hashes, 0.25 s of CPU each at the default 12 rounds, 1 ms
+# at 4. What is tested (a password is checked, a wrong one refused) does not change.
+TEST_SPEED_CONFIG: dict[str, Any] = {"bcrypt_rounds": 4}
+
+
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
     """Merge ``extra`` into ``base`` in place, recursing into dicts."""
     for key, value in extra.items():
@@ -110,10 +119,53 @@ def interop_target() -> str:
 _HANDED_OUT: set[int] = set()
 
 
+def _port_block() -> tuple[int, int] | None:
+    """This process's own block of ports, outside the kernel's ephemeral range.
+
+    Ports from that range (what ``bind(("", 0))`` picks) can be taken by any outgoing
+    connection between the moment we choose one and the moment a server binds it. Below the
+    range nothing is handed out implicitly; and under pytest-xdist each worker
+    (PYTEST_XDIST_WORKER=gwN) gets a disjoint slice, so two workers never pick the same port.
+    None when the ephemeral range leaves no room below it.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    first, last = 10000, min(low, 32768) - 1
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    size = (last - first + 1) // workers
+    if size < 500:
+        return None
+    start = first + (index % workers) * size
+    return start, start + size - 1
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on right now (the usual small race applies), never one
-    this test session handed out before: servers started later in a test can't collide with
-    ports chosen earlier but not yet bound."""
+    """A TCP port that nothing listens on right now, never one this test session handed out
+    before: servers started later in a test can't collide with ports chosen earlier but not
+    yet bound. Taken from this worker's block (see _port_block), from a random point on."""
+    block = _port_block()
+    if block is not None:
+        first, last = block
+        size = last - first + 1
+        offset = random.randrange(size)
+        for step in range(size):
+            port = first + (offset + step) % size
+            if port not in _HANDED_OUT and _bindable(host, port):
+                _HANDED_OUT.add(port)
+                return port
     for _ in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
@@ -218,6 +270,9 @@ class Postgres:
     password: str = os.environ.get("PGPASSWORD", "")
     prefix: str = field(default_factory=lambda: f"hs_interop_{secrets.token_hex(4)}")
     created: list[str] = field(default_factory=list)
+    _numbers: Iterator[int] = field(default_factory=itertools.count, repr=False)  # names never reused
+    _dropper: ThreadPoolExecutor | None = field(default=None, repr=False)
+    _drops: list[Future[None]] = field(default_factory=list, repr=False)
 
     def _connect(self) -> Any:
         import psycopg2
@@ -243,7 +298,7 @@ class Postgres:
 
     def create_database(self) -> str:
         # C collation: Synapse insists on it, and it costs our server nothing.
-        name = f"{self.prefix}_{len(self.created)}"
+        name = f"{self.prefix}_{next(self._numbers)}"
         conn = self._connect()
         try:
             conn.cursor().execute(
@@ -263,9 +318,25 @@ class Postgres:
         if name in self.created:
             self.created.remove(name)
 
+    def drop_database_soon(self, name: str) -> None:
+        """Drop ``name`` in a background thread: DROP DATABASE waits for a checkpoint (1-2 s,
+        more under load), which teardown need not wait for. ``drop_all`` waits for every
+        such drop and raises the first failure."""
+        if name in self.created:
+            self.created.remove(name)
+        if self._dropper is None:
+            self._dropper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-drop")
+        self._drops.append(self._dropper.submit(self.drop_database, name))
+
     def drop_all(self) -> None:
         for name in list(self.created):
             self.drop_database(name)
+        drops, self._drops = self._drops, []
+        if self._dropper is not None:
+            self._dropper.shutdown(wait=True)
+            self._dropper = None
+        for drop in drops:
+            drop.result()
 
     def url(self, name: str) -> str:
         secret = f":{self.password}" if self.password else ""
@@ -358,16 +429,26 @@ class RunningServer:
         run_command(argv, what="register_new_matrix_user")
         return self.user_id(localpart)
 
-    def stop(self, timeout: float = SHUTDOWN_TIMEOUT) -> str | None:
-        """SIGTERM, wait; return None after a clean exit (code 0 in time), else the problem."""
-        if self.exit_code is not None or self.process.returncode is not None:
+    def terminate(self) -> float | None:
+        """Send SIGTERM unless the process has exited; return when (for ``stop(sigterm_at=)``)."""
+        if self.exit_code is not None or self.process.poll() is not None:
+            return None
+        self.process.send_signal(signal.SIGTERM)
+        return time.monotonic()
+
+    def stop(self, timeout: float = SHUTDOWN_TIMEOUT, *, sigterm_at: float | None = None) -> str | None:
+        """SIGTERM (unless ``terminate()`` sent it at ``sigterm_at``), wait; return None after a
+        clean exit (code 0 within ``timeout`` of the SIGTERM), else the problem."""
+        if sigterm_at is None and (self.exit_code is not None or self.process.returncode is not None):
             code = self.process.returncode
             self.exit_code = code
             return None if code == 0 else f"{self.label} had already exited with code {code} before teardown"
-        self.process.send_signal(signal.SIGTERM)
-        started = time.monotonic()
+        if sigterm_at is None:
+            self.process.send_signal(signal.SIGTERM)
+            sigterm_at = time.monotonic()
+        started = sigterm_at
         try:
-            code = self.process.wait(timeout=timeout)
+            code = self.process.wait(timeout=max(0.0, timeout - (time.monotonic() - started)))
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
@@ -468,12 +549,12 @@ def start_our_homeserver(
     if not config_path.exists():
         raise HarnessError(f"homeserver generate-config wrote no {config_path}")
     config = yaml.safe_load(config_path.read_text())
-    if relax_rate_limits or patch_config is not None:
-        if relax_rate_limits:
-            deep_merge(config, TEST_RATE_LIMITS)
-        if patch_config is not None:
-            patch_config(config)
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    deep_merge(config, TEST_SPEED_CONFIG)
+    if relax_rate_limits:
+        deep_merge(config, TEST_RATE_LIMITS)
+    if patch_config is not None:
+        patch_config(config)
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     secret = config.get("registration_shared_secret")
     if not secret:
         raise HarnessError(f"{config_path} has no registration_shared_secret")
@@ -550,16 +631,24 @@ class ServerPool:
         return server
 
     def close(self) -> list[str]:
-        """Stop every server (last started first); return one line per unclean stop."""
+        """Stop every server; return one line per unclean stop.
+
+        SIGTERM goes to all of them at once (last started first), then each must exit 0
+        within SHUTDOWN_TIMEOUT of its own SIGTERM: shutting down in parallel, not in turn.
+        A server that had exited before teardown is reported as such.
+        """
         problems = []
-        for server in reversed(self.servers):
-            problem = server.stop()
+        stopping = list(reversed(self.servers))
+        already = {id(server): server.process.poll() is not None for server in stopping}
+        sent = {id(server): server.terminate() for server in stopping}
+        for server in stopping:
+            if already[id(server)]:
+                problem = server.stop()
+            else:
+                problem = server.stop(sigterm_at=sent[id(server)])
             if problem:
                 problems.append(f"{problem}\n--- log tail ({server.log_path}) ---\n{server.log_tail()}")
             if server.database:
-                try:
-                    self._postgres().drop_database(server.database)
-                except Exception as exc:  # noqa: BLE001
-                    problems.append(f"could not drop database {server.database}: {exc}")
+                self._postgres().drop_database_soon(server.database)
         self.servers.clear()
         return problems

@@ -1,27 +1,35 @@
 """A real Synapse on loopback, configured by its own ``--generate-config``, then patched.
 
+(``--generate-config`` runs once per test process; see generated_config.)
+
 Patched for tests: plain-HTTP client listener on a free port, registration closed but
 a ``registration_shared_secret`` set, no stats, no trusted key servers, no federation
 certificate checks, no IP blocklist (peers are on 127.0.0.x), rate limits out of the
-way, logs to stderr (captured in ``server.log``). Optionally a TLS federation listener
-with a self-signed certificate, so that an IP-literal server name such as
-``127.0.0.2:PORT`` federates without DNS or well-known.
+way, bcrypt at its minimum cost, logs to stderr (captured in ``server.log``). Optionally
+a TLS federation listener with a self-signed certificate, so that an IP-literal server
+name such as ``127.0.0.2:PORT`` federates without DNS or well-known.
 """
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import secrets
+import shutil
+import string
 import sys
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import signedjson.key
 import yaml
 
 from tests.interop.harness import (
     NO_RATE_LIMIT,
     TEST_RATE_LIMITS,
+    TEST_SPEED_CONFIG,
     HarnessError,
     Postgres,
     RunningServer,
@@ -42,6 +50,7 @@ _SYNAPSE_TEST_CONFIG: dict[str, Any] = {
     "url_preview_enabled": False,
     "enable_metrics": False,
     **TEST_RATE_LIMITS,
+    **TEST_SPEED_CONFIG,
     "rc_key_requests": NO_RATE_LIMIT,
 }
 
@@ -123,6 +132,68 @@ def make_self_signed_cert(directory: Path, host: str) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+_TEMPLATE_NAME = "template.invalid"
+_templates: dict[str, Any] = {}
+
+
+def _generate_config(server_name: str, data_dir: Path, config_path: Path) -> dict[str, Any]:
+    run_command(
+        [
+            sys.executable,
+            "-m",
+            "synapse.app.homeserver",
+            "--server-name",
+            server_name,
+            "--config-path",
+            str(config_path),
+            "--data-directory",
+            str(data_dir),
+            "--generate-config",
+            "--report-stats=no",
+        ],
+        what="synapse --generate-config",
+    )
+    config: dict[str, Any] = yaml.safe_load(config_path.read_text())
+    return config
+
+
+def generated_config(server_name: str, data_dir: Path, config_path: Path) -> dict[str, Any]:
+    """What ``synapse --generate-config`` writes for ``server_name`` in ``data_dir``.
+
+    Synapse generates a configuration once per test process (a Synapse process costs
+    seconds to import); each server then gets that configuration with its own server name,
+    paths, secrets and a fresh signing key (in Synapse's key file format). If the generated
+    file has a path or name this does not know how to replace (a future Synapse), each server
+    runs ``--generate-config`` itself instead.
+    """
+    if "config" not in _templates:
+        template_dir = Path(tempfile.mkdtemp(prefix="synapse-config-template-"))
+        _templates["dir"] = str(template_dir)
+        _templates["config"] = _generate_config(_TEMPLATE_NAME, template_dir, template_dir / "homeserver.yaml")
+        shutil.rmtree(template_dir, ignore_errors=True)
+    config = copy.deepcopy(_templates["config"])
+    key_path = data_dir / f"{server_name}.signing.key"
+    config.update(
+        server_name=server_name,
+        pid_file=str(data_dir / "homeserver.pid"),
+        media_store_path=str(data_dir / "media_store"),
+        log_config=str(data_dir / "log.config"),
+        signing_key_path=str(key_path),
+        macaroon_secret_key=secrets.token_urlsafe(36),
+        form_secret=secrets.token_urlsafe(36),
+        registration_shared_secret=secrets.token_urlsafe(36),
+    )
+    if config.get("database", {}).get("name") == "sqlite3":
+        config["database"]["args"]["database"] = str(data_dir / "homeserver.db")
+    leftover = yaml.safe_dump(config)
+    if _templates["dir"] in leftover or _TEMPLATE_NAME in leftover:
+        return _generate_config(server_name, data_dir, config_path)
+    version = "a_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(4))
+    with open(key_path, "w") as key_file:
+        signedjson.key.write_signing_keys(key_file, [signedjson.key.generate_signing_key(version)])
+    return config
+
+
 def start_synapse(
     data_dir: Path,
     *,
@@ -152,23 +223,7 @@ def start_synapse(
         federation_port = federation_port or free_port(host)
     server_name = server_name or f"{host}:{federation_port if federation_tls else client_port}"
     config_path = data_dir / "homeserver.yaml"
-    run_command(
-        [
-            sys.executable,
-            "-m",
-            "synapse.app.homeserver",
-            "--server-name",
-            server_name,
-            "--config-path",
-            str(config_path),
-            "--data-directory",
-            str(data_dir),
-            "--generate-config",
-            "--report-stats=no",
-        ],
-        what="synapse --generate-config",
-    )
-    config = yaml.safe_load(config_path.read_text())
+    config = generated_config(server_name, data_dir, config_path)
     deep_merge(config, _SYNAPSE_TEST_CONFIG)
     secret = secrets.token_hex(16)
     config["registration_shared_secret"] = secret

@@ -77,6 +77,22 @@ class Servers:
             )
         return self._ours[engine]
 
+    def ours_showing_externals(self) -> h.RunningServer:
+        """Our server (SQLite) with ``external_users.visible_in_directory: true`` and no
+        access rules: the Synapse's users may be found in its user directory."""
+        if "visible" not in self._ours:
+            name = f"127.0.0.1:{self._ports['visible']}"
+            policy = {"external_server": self.theirs.server_name, "external_users": {"visible_in_directory": True}}
+            self._ours["visible"] = start_ours(
+                self._pool,
+                self._tmp,
+                allow=[self.theirs.server_name],
+                port=self._ports["visible"],
+                extra={"government_policy": policy},
+            )
+            assert self._ours["visible"].server_name == name
+        return self._ours["visible"]
+
     def user(self, engine: str, localpart: str, *, external: bool = False) -> User:
         """A user of ours (``engine``'s server), or of the Synapse (named per engine)."""
         key = ("theirs" if external else engine, f"{localpart}_{engine}" if external else localpart)
@@ -89,6 +105,7 @@ class Servers:
 @pytest.fixture(scope="module")
 def servers(module_servers: h.ServerPool, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     ports = {engine: h.free_port("127.0.0.1") for engine in h.ENGINES}
+    ports["visible"] = h.free_port("127.0.0.1")  # ours_showing_externals
     theirs = start_theirs(module_servers, allow=[f"127.0.0.1:{port}" for port in ports.values()])
     yield Servers(module_servers, tmp_path_factory.mktemp("cert"), theirs, ports)
 
@@ -329,3 +346,46 @@ def _invite_on_synapse(inviter: User, room_id: str, invitee: User) -> str:
         "the invite on Synapse",
     )
     return str(found["event_id"])
+
+
+# --------------------------------------------------------------------------- user directory
+
+
+def _search(user: User, term: str) -> list[dict[str, Any]]:
+    return list(user.ok("POST", "/user_directory/search", {"search_term": term})["results"])
+
+
+def _invite_and_join(host: User, room_id: str, guest: User) -> None:
+    host.ok("POST", _path(room_id, "invite"), {"user_id": guest.user_id})
+    _wait_for_invite(guest, room_id)
+    guest.ok("POST", f"/join/{quote(room_id)}", {})
+    host.wait_joined(room_id, guest.user_id, f"{guest.user_id} in {room_id}")
+
+
+def test_synapse_user_in_our_user_directory(servers: Servers) -> None:
+    """A Synapse user joined to a room shared with our user is found in our user directory,
+    named by their member event (and renamed with it), where external users are visible;
+    on an agent server with the default (``visible_in_directory: false``) they are not,
+    although they share the room."""
+    sam = servers.user("sqlite", "dirsam", external=True)
+    sam.ok("PUT", f"/profile/{quote(sam.user_id)}/displayname", {"displayname": "Samuel Synapse"})
+
+    vic = User(servers.ours_showing_externals(), "vic")
+    shared = vic.ok("POST", "/createRoom", {"name": "Annuaire"})["room_id"]
+    _invite_and_join(vic, shared, sam)
+    assert _search(vic, "samuel") == [{"user_id": sam.user_id, "display_name": "Samuel Synapse"}]
+    assert [r["user_id"] for r in _search(vic, "dirsam")] == [sam.user_id]  # the localpart
+    sam.ok("PUT", f"/profile/{quote(sam.user_id)}/displayname", {"displayname": "Samuel Renomme"})
+    end = time.monotonic() + 30
+    while _search(vic, "renomme") != [{"user_id": sam.user_id, "display_name": "Samuel Renomme"}]:
+        assert time.monotonic() < end, ("sam's new name never reached our directory", _search(vic, "samuel"))
+        time.sleep(0.3)
+    assert _search(vic, "synapse") == []
+
+    alice = servers.user("sqlite", "alice")
+    room_id = alice.ok("POST", "/createRoom", {"name": "Annuaire restreint"})["room_id"]
+    alice.state(room_id, RULES, {"rule": "unrestricted"})
+    _invite_and_join(alice, room_id, sam)
+    assert sam.user_id in alice.ok("GET", _path(room_id, "joined_members"))["joined"]
+    assert _search(alice, "samuel") == []
+    assert _search(alice, "dirsam") == []

@@ -74,9 +74,9 @@ def register(
     async def search_users(request: server.Request) -> tuple[int, Any]:
         requester = await authenticate(request)
         body = parse_json_object(request)
-        return 200, await directory.search_users(
-            requester.user_id, body.required_str("search_term"), body.int("limit", minimum=0) or 10
-        )
+        term = body.required_str("search_term")
+        limit = body.int("limit", minimum=0)
+        return 200, await directory.search_users(requester.user_id, term, 10 if limit is None else limit)
 
     if search is not None:
         searcher = search

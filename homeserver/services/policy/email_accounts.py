@@ -157,6 +157,7 @@ class ThreepidService:
             session = None  # expired: a new session (find_session returns the first only)
         if session is not None and send_attempt <= session.send_attempt:
             return session.session_id
+        previous_attempt = None if session is None else session.send_attempt
         if session is None:
             session = ThreepidSession(
                 session_id=secrets.token_urlsafe(16),
@@ -183,7 +184,15 @@ class ThreepidService:
             f"or type this code in your app: {session.code}\n\n"
             "If you did not ask for this, ignore this message.\n"
         )
-        await mailer.send(address, f"{mailer.app_name}: validate your e-mail address", text)
+        try:
+            await mailer.send(address, f"{mailer.app_name}: validate your e-mail address", text)
+        except MatrixError:
+            # not sent: the same send_attempt must try again, not answer "already sent"
+            # (a new session is left unusable: nobody has its token or code)
+            await self._repo.set_send_attempt(
+                session.session_id, send_attempt - 1 if previous_attempt is None else previous_attempt
+            )
+            raise
         return session.session_id
 
     def submit_url(self, purpose: str) -> str:

@@ -11,8 +11,18 @@ just before the leave, new power levels:
 - in any other room (unrestricted, direct, no rule): every joined member of default level
   is raised to 100.
 
-Users of ``domains_forbidden_when_restricted`` (external users) are never promoted.  If the
-power levels cannot be sent, the leave still goes ahead (as in the module).
+Users of ``domains_forbidden_when_restricted`` (external users) are never promoted.
+
+In ``freeze`` mode (Tchap's earlier rule: "the room is frozen when its last admin
+leaves"), the new power levels instead raise every required level (``events_default``,
+``state_default``, ``invite``, ``kick``, ``ban``, ``redact``, each ``events`` and
+``notifications`` entry) to at least 100 and drop the leaver's own entry: nobody left
+can change the room's state, send messages, invite, kick or redact; members can still
+read the history, leave, and (auth rules: membership is not ruled by levels) update
+their own member event or join a public room.  With ``promote_moderators``, a remaining
+member of the highest non-default level is promoted instead, if there is one.
+
+If the power levels cannot be sent, the leave still goes ahead (as in the module).
 """
 
 from __future__ import annotations
@@ -24,13 +34,36 @@ from typing import Any
 
 from homeserver.core.errors import MatrixError
 from homeserver.events.model import Event
-from homeserver.events.power_levels import get_user_power_level
+from homeserver.events.power_levels import (
+    DEFAULT_BAN_LEVEL,
+    DEFAULT_EVENTS_DEFAULT,
+    DEFAULT_INVITE_LEVEL,
+    DEFAULT_KICK_LEVEL,
+    DEFAULT_NOTIFICATION_LEVEL,
+    DEFAULT_REDACT_LEVEL,
+    DEFAULT_STATE_DEFAULT,
+    get_named_level,
+    get_user_power_level,
+    parse_power_level,
+)
 from homeserver.services.events import RoomEventService
 from homeserver.services.policy.access_rules import ACCESS_RULES_TYPE, RESTRICTED, domain_of
 
 logger = logging.getLogger(__name__)
 
 ADMIN = 100
+PROMOTE = "promote"
+FREEZE = "freeze"
+
+# The action levels a frozen room raises to ADMIN, with the spec's defaults.
+_FROZEN_LEVELS = (
+    ("events_default", DEFAULT_EVENTS_DEFAULT),
+    ("state_default", DEFAULT_STATE_DEFAULT),
+    ("invite", DEFAULT_INVITE_LEVEL),
+    ("kick", DEFAULT_KICK_LEVEL),
+    ("ban", DEFAULT_BAN_LEVEL),
+    ("redact", DEFAULT_REDACT_LEVEL),
+)
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -45,9 +78,13 @@ class LastAdminGuard:
         room_events: RoomEventService,
         promote_moderators: bool,
         forbidden_domains: tuple[str, ...],
+        mode: str = PROMOTE,
     ) -> None:
+        if mode not in (PROMOTE, FREEZE):
+            raise ValueError(f"unknown last-admin mode {mode!r}")
         self._server_name = server_name
         self._events = room_events
+        self._mode = mode
         self._promote_moderators = promote_moderators
         self._forbidden = frozenset(d.lower() for d in forbidden_domains)
 
@@ -81,6 +118,10 @@ class LastAdminGuard:
         promoted: list[str] = []
         if self._promote_moderators:
             promoted = self._allowed(_highest_non_default(users, default, present))
+        if not promoted and self._mode == FREEZE:
+            logger.info("freezing %s: its last admin %s leaves", room_id, leaver)
+            await self._send(leaver, room_id, frozen_power_levels(content, leaver))
+            return
         if not promoted:
             if self._room_kind(state) == "private_or_public":
                 content["users_default"] = ADMIN
@@ -111,6 +152,31 @@ class LastAdminGuard:
         await self._events.send(
             room_id=room_id, sender=sender, event_type="m.room.power_levels", content=content, state_key=""
         )
+
+
+def frozen_power_levels(content: Mapping[str, Any], leaver: str) -> dict[str, Any]:
+    """``content`` with every required level raised to at least :data:`ADMIN` and the
+    leaver's own entry removed (a sender may lower or drop its own level; the levels of
+    other users at or above its own cannot be touched, and need not be: none is present)."""
+    frozen = copy.deepcopy(dict(content))
+    for name, default in _FROZEN_LEVELS:
+        frozen[name] = max(ADMIN, get_named_level(content, name, default))
+    for name in ("events", "notifications"):
+        sub = content.get(name)
+        if isinstance(sub, Mapping):
+            frozen[name] = {k: max(ADMIN, _level_or(v, ADMIN)) for k, v in sub.items()}
+    notifications = frozen.setdefault("notifications", {})
+    if isinstance(notifications, dict):
+        notifications.setdefault("room", max(ADMIN, DEFAULT_NOTIFICATION_LEVEL))
+    users = frozen.get("users")
+    if isinstance(users, dict):
+        users.pop(leaver, None)
+    return frozen
+
+
+def _level_or(value: Any, default: int) -> int:
+    parsed = parse_power_level(value)
+    return default if parsed is None else parsed
 
 
 def _highest_non_default(users: Mapping[str, Any], default: int, present: list[str]) -> list[str]:

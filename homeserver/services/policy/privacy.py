@@ -3,7 +3,9 @@
 - Users who set the account data ``im.vector.hide_profile`` to ``{"hide_profile": true}``
   (Tchap) are left out of user directory searches;
 - so are expired accounts (account validity) and, unless
-  ``government_policy.external_users.visible_in_directory``, the users of the external server;
+  ``government_policy.external_users.visible_in_directory``, the users of the external server
+  (on every other server: the directory lists remote users who share a room with the
+  searcher or are in a public room, and those must not show);
 - profile lookups: ``require_auth_for_profile_requests`` and
   ``limit_profile_requests_to_users_who_share_rooms`` (Synapse's keys), see :class:`ProfileGate`.
 """
