@@ -63,7 +63,7 @@ class ExternalUsersConfig:
     visible_in_directory: bool = False
 
 
-LAST_ADMIN_MODES = ("promote", "freeze")
+LAST_ADMIN_MODES = ("promote", "freeze", "promote_oldest_member")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,8 @@ class ManageLastAdminConfig:
     """synapse-manage-last-admin: what happens when a room's last admin leaves."""
 
     enabled: bool = False
-    # "promote": hand the room over (Tchap's module); "freeze": make it read-only
+    # "promote": hand the room over (Tchap's module); "freeze": make it read-only;
+    # "promote_oldest_member": only the member joined for the longest time becomes admin
     mode: str = "promote"
     # promote the remaining members with the highest non-default level, if any (in
     # "freeze" mode: instead of freezing, when there is such a member)

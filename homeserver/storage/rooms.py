@@ -143,6 +143,26 @@ class RoomRepository:
             return []
         return await self._db.run_interaction("member_changes_in_rooms", txn_fn)
 
+    async def join_positions(self, room_id: str) -> dict[str, int]:
+        """For each user joined to the room now: the stream position of the join that began
+        their current stay (profile changes, join -> join, do not restart it)."""
+
+        def txn_fn(txn: Transaction) -> dict[str, int]:
+            rows = txn.select_all(
+                "SELECT user_id, membership, stream_ordering FROM membership_history"
+                " WHERE room_id = ? ORDER BY stream_ordering",
+                (room_id,),
+            )
+            since: dict[str, int] = {}
+            for user_id, membership, stream in rows:
+                if membership != "join":
+                    since.pop(str(user_id), None)
+                elif str(user_id) not in since:
+                    since[str(user_id)] = int(stream)
+            return since
+
+        return await self._db.run_interaction("join_positions", txn_fn)
+
     async def membership_at(self, room_id: str, user_id: str, stream: int) -> tuple[str, str] | None:
         """The user's (membership, event_id) in the room as of stream position ``stream``."""
 

@@ -142,3 +142,29 @@ def test_unknown_mode_is_a_config_error(tmp_path: Any) -> None:
         parse_config({**base, **config("lock")}, config_dir=str(tmp_path))
     assert "government_policy.manage_last_admin.mode" in str(err.value)
     assert '"freeze"' in str(err.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_last_admin_leaving_promotes_the_longest_joined_member(make_server: Any) -> None:
+    """mode promote_oldest_member: only the member joined for the longest time becomes
+    admin.  Carol joined first, but left and came back (her stay restarts); bob joined
+    next and then changed his display name (join -> join does not restart it); dan
+    joined last.  Bob is promoted, nobody else; the promoted admin can change state."""
+    server = make_server(**config("promote_oldest_member"))
+    alice, bob, carol, dan = [await user(server, n) for n in ("alice", "bob", "carol", "dan")]
+    room = await create(alice, invite=["@bob:test.local", "@carol:test.local", "@dan:test.local"])
+    assert (await carol.post(f"{V3}/join/{room}", {})).code == 200
+    assert (await bob.post(f"{V3}/join/{room}", {})).code == 200
+    assert (await bob.put(f"{V3}/profile/@bob:test.local/displayname", {"displayname": "Bob B"})).code == 200
+    assert (await carol.post(f"{V3}/rooms/{room}/leave", {})).code == 200
+    assert (await alice.post(f"{V3}/rooms/{room}/invite", {"user_id": "@carol:test.local"})).code == 200
+    assert (await dan.post(f"{V3}/join/{room}", {})).code == 200
+    assert (await carol.post(f"{V3}/join/{room}", {})).code == 200
+
+    assert (await alice.post(f"{V3}/rooms/{room}/leave", {})).code == 200
+    pl = await state(bob, room, "m.room.power_levels")
+    assert pl["users"].get("@bob:test.local") == 100
+    assert "@carol:test.local" not in pl["users"] and "@dan:test.local" not in pl["users"]
+    assert (await bob.put(f"{V3}/rooms/{room}/state/m.room.name/", {"name": "Bob's now"})).code == 200
+    refused = await dan.put(f"{V3}/rooms/{room}/state/m.room.name/", {"name": "Dan's"})
+    assert refused.code == 403 and refused.body["errcode"] == "M_FORBIDDEN"

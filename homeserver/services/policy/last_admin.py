@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from homeserver.core.errors import MatrixError
@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 ADMIN = 100
 PROMOTE = "promote"
 FREEZE = "freeze"
+OLDEST = "promote_oldest_member"
 
 # The action levels a frozen room raises to ADMIN, with the spec's defaults.
 _FROZEN_LEVELS = (
@@ -79,12 +80,14 @@ class LastAdminGuard:
         promote_moderators: bool,
         forbidden_domains: tuple[str, ...],
         mode: str = PROMOTE,
+        join_positions: Callable[[str], Awaitable[dict[str, int]]] | None = None,
     ) -> None:
-        if mode not in (PROMOTE, FREEZE):
+        if mode not in (PROMOTE, FREEZE, OLDEST):
             raise ValueError(f"unknown last-admin mode {mode!r}")
         self._server_name = server_name
         self._events = room_events
         self._mode = mode
+        self._join_positions = join_positions
         self._promote_moderators = promote_moderators
         self._forbidden = frozenset(d.lower() for d in forbidden_domains)
 
@@ -118,6 +121,19 @@ class LastAdminGuard:
         promoted: list[str] = []
         if self._promote_moderators:
             promoted = self._allowed(_highest_non_default(users, default, present))
+        if not promoted and self._mode == OLDEST:
+            # the member joined for the longest time (of those who may hold power) alone
+            assert self._join_positions is not None
+            since = await self._join_positions(room_id)
+            joined = [u for u in self._allowed(present) if members[u] == "join" and u in since]
+            if not joined:
+                return
+            oldest = min(joined, key=lambda u: since[u])
+            logger.info("%s: its last admin %s leaves, %s (the longest joined) becomes admin", room_id, leaver, oldest)
+            users[oldest] = ADMIN
+            content["users"] = users
+            await self._send(leaver, room_id, content)
+            return
         if not promoted and self._mode == FREEZE:
             logger.info("freezing %s: its last admin %s leaves", room_id, leaver)
             await self._send(leaver, room_id, frozen_power_levels(content, leaver))

@@ -117,6 +117,7 @@ def build_room_policy(
             room_events=room_events,
             promote_moderators=gp.manage_last_admin.promote_moderators,
             mode=gp.manage_last_admin.mode,
+            join_positions=room_store.join_positions,
             forbidden_domains=gp.room_access_rules.domains_forbidden_when_restricted,
         )
         rooms.before_membership_hooks.append(guard.before_membership)
