@@ -212,6 +212,7 @@ class MediaService:
         self._accessed_local: dict[str, int] = {}
         self._accessed_remote: dict[tuple[str, str], int] = {}
         self._last_flush = clock.time()
+        self._flushes_in_flight: set[defer.Deferred[None]] = set()
 
     def set_remote_fetcher(self, remote: RemoteMediaFetcher) -> None:
         """Replace the remote media fetcher (the composition root does, once federation exists)."""
@@ -545,12 +546,27 @@ class MediaService:
             )
 
     async def flush_accesses(self) -> None:
-        """Write the access times recorded since the last flush (retention reads them)."""
+        """Write the access times recorded since the last flush (retention reads them).
+
+        Returns once every access recorded before the call is written, including those a
+        background flush already took and has not finished writing: housekeeping must not
+        delete media whose access is still in flight."""
         self._last_flush = self._clock.time()
         local, self._accessed_local = self._accessed_local, {}
         remote, self._accessed_remote = self._accessed_remote, {}
+        earlier = list(self._flushes_in_flight)
         if local or remote:
-            await self._repo.touch(local, remote)
+            write = defer.ensureDeferred(self._repo.touch(local, remote))
+            self._flushes_in_flight.add(write)
+            try:
+                await write
+            finally:
+                self._flushes_in_flight.discard(write)
+        for pending in earlier:  # a failed background flush was logged by its own errback
+            try:
+                await pending
+            except Exception:
+                pass
 
     # -- admin -------------------------------------------------------------------------
 
