@@ -161,6 +161,7 @@ class HomeserverConfig:
     limit_profile_requests_to_users_who_share_rooms: bool = False
     user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
     presence_enabled: bool = True
+    event_cache_size: int = 20_000
 
     # -- TURN servers for VoIP (voip.py) -----------------------------------------------
     turn_uris: tuple[str, ...] = ()
@@ -318,6 +319,7 @@ class HomeserverConfig:
             limit_profile_requests_to_users_who_share_rooms=rooms.limit_profile_requests_to_users_who_share_rooms,
             user_directory=rooms.user_directory,
             presence_enabled=rooms.presence_enabled,
+            event_cache_size=rooms.event_cache_size,
             turn_uris=turn.turn_uris,
             turn_shared_secret=turn.turn_shared_secret,
             turn_username=turn.turn_username,

@@ -38,6 +38,7 @@ class RoomSettings:
     limit_profile_requests_to_users_who_share_rooms: bool
     user_directory: UserDirectoryConfig
     presence_enabled: bool
+    event_cache_size: int
 
 
 def _read_room_version(r: Reader) -> str:
@@ -90,6 +91,18 @@ def _read_presence(r: Reader) -> bool:
     return enabled
 
 
+# Events kept in memory (ours; Synapse's default is "10K", i.e. 10,240).
+DEFAULT_EVENT_CACHE_SIZE = 20_000
+
+
+def _read_event_cache_size(r: Reader) -> int:
+    """Synapse's ``event_cache_size``: how many events the event cache holds ("10K", 20000)."""
+    size = r.size("event_cache_size", DEFAULT_EVENT_CACHE_SIZE)
+    if size < 1:
+        r.error("event_cache_size", "must be at least 1")
+    return size
+
+
 def read_rooms(r: Reader) -> RoomSettings:
     """Read the room and profile settings from the top-level reader."""
     settings = RoomSettings(
@@ -101,6 +114,7 @@ def read_rooms(r: Reader) -> RoomSettings:
         ),
         user_directory=_read_user_directory(r),
         presence_enabled=_read_presence(r),
+        event_cache_size=_read_event_cache_size(r),
     )
     if settings.limit_profile_requests_to_users_who_share_rooms and not settings.require_auth_for_profile_requests:
         r.error(

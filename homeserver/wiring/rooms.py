@@ -86,7 +86,7 @@ def build_rooms(config: HomeserverConfig, *, clock: Clock, db: Database, core: C
     """Every room-side service; also sets ``core.account.on_deactivated`` (leave all rooms)."""
     notifier = Notifier(clock)
     state_cache = StateGroupCache()
-    event_store = EventRepository(db, state_cache)
+    event_store = EventRepository(db, state_cache, event_cache_size=config.event_cache_size)
     state_store = StateRepository(db, state_cache)
     timeline = TimelineRepository(db)
     room_store = RoomRepository(db)

@@ -611,3 +611,12 @@ def test_turn_keys(tmp_path: Path) -> None:
         parse(tmp_path, turn_shared_secret="a", turn_shared_secret_path="turn.secret")
     with pytest.raises(ConfigError, match="turn_uris"):
         parse(tmp_path, turn_uris="turn:one")
+
+
+def test_event_cache_size(tmp_path: Path) -> None:
+    """Synapse's event_cache_size: "10K" is 10,240 entries; bad values tried: a word, 0."""
+    assert parse(tmp_path)[0].event_cache_size == 20_000
+    assert parse(tmp_path, event_cache_size="10K")[0].event_cache_size == 10_240
+    assert parse(tmp_path, event_cache_size=5000)[0].event_cache_size == 5000
+    for bad in ("lots", 0):
+        assert any("event_cache_size" in e for e in errors_of(tmp_path, event_cache_size=bad))
