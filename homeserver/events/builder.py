@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from homeserver.events.model import Event
+from homeserver.events.model import Event, share_strings
 from homeserver.events.room_versions import RoomVersion
 from homeserver.events.signing import SigningKey, hash_and_sign_event
 
@@ -58,4 +58,5 @@ def build_event(
     # `unsigned` is added after signing: it is covered by neither hashes nor signatures.
     if unsigned:
         event_dict["unsigned"] = dict(unsigned)
-    return Event(event_dict, room_version)
+    # Events live on in the event cache: share the strings they repeat.
+    return Event(share_strings(event_dict), room_version)

@@ -9,6 +9,9 @@ The geometry is Synapse's: ``crop`` scales to cover the box and cuts the middle 
 and never enlarges.  JPEG and WebP sources get JPEG thumbnails, PNG and GIF sources PNG
 ones, and any source that really uses transparency gets PNG.  Animated sources give a
 still of their first frame.
+
+Pillow is imported on first use (about 2 MB of memory a server that never thumbnails
+does not pay).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import io
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from PIL import Image, ImageFile, ImageOps
+if TYPE_CHECKING:
+    from PIL import Image
 
 # Upload content type -> thumbnail content type.  Nothing else is thumbnailed.
 THUMBNAIL_TYPES: dict[str, str] = {
@@ -54,6 +59,8 @@ class SourceImage:
     """An image opened from bytes, with its header checked against ``max_pixels``."""
 
     def __init__(self, data: bytes, *, max_pixels: int, draft_side: int | None = None) -> None:
+        from PIL import Image, ImageFile, ImageOps
+
         try:
             image: Image.Image = Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
@@ -104,6 +111,8 @@ class SourceImage:
         for width, height, method in boxes:
             wx, hx = width / self.width, height / self.height
             factor = max(factor, max(wx, hx) if method == "crop" else min(wx, hx))
+        from PIL import Image
+
         pixel_width, pixel_height = self.image.size
         target = (math.ceil(self.width * factor) + 1, math.ceil(self.height * factor) + 1)
         if target[0] * 2 <= pixel_width and target[1] * 2 <= pixel_height:
@@ -116,10 +125,14 @@ class SourceImage:
         return scaled_size(self.width, self.height, width, height)
 
     def scale(self, width: int, height: int, media_type: str) -> bytes:
+        from PIL import Image
+
         with self.image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0) as scaled:
             return _encode(scaled, media_type)
 
     def crop(self, width: int, height: int, media_type: str) -> bytes:
+        from PIL import Image
+
         if width * self.height > height * self.width:
             scaled_width, scaled_height = width, max((width * self.height) // self.width, 1)
             top = (scaled_height - height) // 2
@@ -214,6 +227,8 @@ def generate_thumbnail(
 
 def image_size(data: bytes, *, max_pixels: int) -> tuple[int, int] | None:
     """(width, height) from the header of a supported image, without decoding it."""
+    from PIL import Image
+
     try:
         with Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS) as image:
             width, height = image.size

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet import defer
 
 from homeserver.core.json import encode_canonical_json
-from homeserver.events.model import Event
+from homeserver.events.model import Event, share_strings
 from homeserver.events.room_versions import get_room_version
 from homeserver.storage.database import Database, Transaction
 from homeserver.storage.event_rows import EVENT_ROW_INSERT, event_row, store_derived_txn, update_current_state_txn
@@ -587,7 +587,7 @@ class EventRepository:
     def _row_to_stored(self, row: tuple[Any, ...]) -> StoredEvent:
         event_id, stream, json_text, outlier, rejected, redacted_by, replaces, room_version = row
         version = get_room_version(str(room_version))
-        event = Event(json.loads(json_text), version, event_id=str(event_id))
+        event = Event(share_strings(json.loads(json_text)), version, event_id=str(event_id))
         return StoredEvent(
             event, int(stream), int(outlier) == OUTLIER, rejected, redacted_by, replaces, hidden=int(outlier) == HIDDEN
         )

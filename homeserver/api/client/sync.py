@@ -10,7 +10,7 @@ from twisted.web import server
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.http.auth import RequestAuthenticator
 from homeserver.http.params import parse_json_object
-from homeserver.http.server import Router, client_path, query_param
+from homeserver.http.server import LargeJSON, Router, client_path, query_param
 from homeserver.services.streams import StreamToken
 from homeserver.services.sync import SyncFilter, SyncRequest, SyncService
 from homeserver.services.userdata import AccountDataService
@@ -46,7 +46,7 @@ def register(
         sync_filter: SyncFilter = await load_filter(requester.user_id, query_param(request, "filter"))
         if set_presence is not None and presence != "offline":
             await set_presence(requester.user_id, presence or "online")
-        return 200, await sync.sync(
+        body = await sync.sync(
             SyncRequest(
                 requester=requester,
                 since=since,
@@ -55,6 +55,8 @@ def register(
                 filter=sync_filter,
             )
         )
+        # body -> rooms -> join -> one piece per room
+        return 200, LargeJSON(body, depth=3)
 
     async def create_filter(request: server.Request, user_id: str) -> tuple[int, Any]:
         requester = await authenticate(request, allow_guest=True)

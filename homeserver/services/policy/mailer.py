@@ -17,15 +17,6 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet import defer, ssl
-from twisted.mail._except import SMTPTLSError
-from twisted.mail.smtp import (
-    AUTHDeclinedError,
-    AUTHRequiredError,
-    ESMTPSenderFactory,
-    SMTPConnectError,
-    SMTPDeliveryError,
-    TLSRequiredError,
-)
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from homeserver.config.emailconfig import EmailConfig
@@ -67,6 +58,8 @@ class Mailer:
 
     async def send(self, to: str, subject: str, text: str, html: str | None = None) -> None:
         """Send one message; raise 502 M_UNKNOWN (and log why) if it could not be sent."""
+        from twisted.mail.smtp import ESMTPSenderFactory  # on first use: most servers never send mail
+
         msg = self.build(to, subject, text, html)
         c = self._config
         done: defer.Deferred[Any] = defer.Deferred()
@@ -103,6 +96,15 @@ class Mailer:
 
     def _explain(self, e: BaseException) -> str:
         """What went wrong, for the operator reading the log."""
+        from twisted.mail._except import SMTPTLSError
+        from twisted.mail.smtp import (
+            AUTHDeclinedError,
+            AUTHRequiredError,
+            SMTPConnectError,
+            SMTPDeliveryError,
+            TLSRequiredError,
+        )
+
         c = self._config
         said = f" (server said: {_server_said(e)})" if _server_said(e) else ""
         if isinstance(e, AUTHDeclinedError):
