@@ -48,7 +48,10 @@ class PushRule:
     default: bool = False
 
     def with_overrides(self, *, enabled: bool | None = None, actions: tuple[Action, ...] | None = None) -> PushRule:
-        """A copy with ``enabled`` and/or ``actions`` replaced (None keeps the current value)."""
+        """A copy with ``enabled`` and/or ``actions`` replaced (None keeps the current value);
+        the rule itself when nothing changes (default rules are shared between users)."""
+        if (enabled is None or enabled == self.enabled) and (actions is None or actions == self.actions):
+            return self
         return replace(
             self,
             enabled=self.enabled if enabled is None else enabled,

@@ -194,3 +194,57 @@ async def test_batched_storage_reads(server: HSFixture) -> None:
         "@bob:test.local", [rooms[1], "!unknown:test.local"]
     )
     assert counts == {rooms[1]: (0, 0), "!unknown:test.local": (0, 0)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_initial_syncs_are_bounded(make_server: Any) -> None:
+    """Many clients doing an initial /sync at once: at most CONCURRENT_FULL_SYNCS are
+    computed together (each holds all its rooms while built); every one gets its answer,
+    and incremental syncs are not held back."""
+    from twisted.internet import defer
+
+    from homeserver.services.sync import CONCURRENT_FULL_SYNCS
+
+    server = make_server(rc_registration={"per_second": 100, "burst_count": 100})
+    alice = await user(server, "alice")
+    room_id = await create_room(alice, preset="public_chat", name="busy")
+    await send_text(alice, room_id, "hello")
+    clients = [alice]
+    for k in range(9):
+        c = await user(server, f"u{k}")
+        assert (await c.post(f"{V3}/join/{room_id}", {})).code == 200
+        clients.append(c)
+    since = (await sync(alice))["next_batch"]
+
+    service = server.hs.services.sync
+    original = service._compute
+    running = {"now": 0, "max": 0}
+
+    async def slow_compute(req: Any, now: Any) -> Any:
+        running["now"] += 1
+        running["max"] = max(running["max"], running["now"])
+        try:
+            d: defer.Deferred[None] = defer.Deferred()
+            from twisted.internet import reactor
+
+            reactor.callLater(0.05, d.callback, None)  # type: ignore[attr-defined]
+            await d
+            return await original(req, now)
+        finally:
+            running["now"] -= 1
+
+    service._compute = slow_compute  # type: ignore[method-assign]
+    try:
+        bodies = await defer.gatherResults([defer.ensureDeferred(sync(c)) for c in clients])
+        assert running["max"] == CONCURRENT_FULL_SYNCS
+        for body in bodies:
+            assert room_id in body["rooms"]["join"]
+        # incremental syncs are never queued behind the limit
+        running["max"] = 0
+        incremental = await defer.gatherResults(
+            [defer.ensureDeferred(sync(alice, f"?since={since}&timeout=0")) for _ in range(8)]
+        )
+        assert running["max"] == 8
+        assert all("next_batch" in b for b in incremental)
+    finally:
+        service._compute = original  # type: ignore[method-assign]
