@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.response_json import LargeJSON, encode_json
 
 logger = logging.getLogger(__name__)
 
@@ -159,47 +160,6 @@ class HomeserverSite(server.Site):
         return d
 
 
-def _encode_json(body: Any) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-class LargeJSON:
-    """A response body that can be large (an initial /sync of hundreds of rooms).
-
-    It is encoded piece by piece: the dicts of its first ``depth`` levels are written key by
-    key, and each value below them is encoded on its own.  The output is the same JSON as
-    ``json.dumps`` gives, but encoding never holds more than one piece's intermediate
-    strings: json.dumps of the whole body holds a list of every token and their join,
-    about three times the size of the response, on top of the response itself.
-    """
-
-    __slots__ = ("body", "depth")
-
-    def __init__(self, body: Any, depth: int) -> None:
-        self.body = body
-        self.depth = depth
-
-    def encode(self) -> list[bytes]:
-        out: list[bytes] = []
-        _encode_pieces(self.body, self.depth, out)
-        return out
-
-
-def _encode_pieces(value: Any, depth: int, out: list[bytes]) -> None:
-    if depth <= 0 or type(value) is not dict or not value:
-        out.append(_encode_json(value))
-        return
-    if not all(type(key) is str for key in value):
-        out.append(_encode_json(value))  # json.dumps converts other keys (ints...) itself
-        return
-    sep = b"{"
-    for key, item in value.items():
-        out.append(sep + _encode_json(key) + b":")
-        _encode_pieces(item, depth - 1, out)
-        sep = b","
-    out.append(b"}")
-
-
 # Pieces of a LargeJSON are handed to the transport in writes of about this size.
 _WRITE_SIZE = 65536
 
@@ -207,7 +167,7 @@ _WRITE_SIZE = 65536
 def send_json(request: server.Request, code: int, body: Any) -> None:
     if request.finished or request._disconnected:
         return
-    pieces = body.encode() if isinstance(body, LargeJSON) else [_encode_json(body)]
+    pieces = body.encode() if isinstance(body, LargeJSON) else [encode_json(body)]
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-cache, no-store, must-revalidate")

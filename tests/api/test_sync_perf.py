@@ -248,3 +248,36 @@ async def test_concurrent_initial_syncs_are_bounded(make_server: Any) -> None:
         assert all("next_batch" in b for b in incremental)
     finally:
         service._compute = original  # type: ignore[method-assign]
+
+
+def _without_ages(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_ages(v) for k, v in value.items() if k != "age"}
+    if isinstance(value, list):
+        return [_without_ages(v) for v in value]
+    return value
+
+
+@pytest_twisted.ensureDeferred
+async def test_initial_sync_in_batches_gives_the_same_answer(server: HSFixture, monkeypatch: Any) -> None:
+    """Above ROOMS_PER_BATCH joined rooms, rooms are computed a batch at a time and each
+    encoded at once; the response is the same as computing them all together."""
+    import homeserver.services.sync as sync_module
+
+    alice = await user(server, "alice")
+    bob = await user(server, "bob")
+    rooms = []
+    for k in range(12):
+        room_id = await create_room(alice, preset="public_chat", name=f"room {k}")
+        assert (await bob.post(f"{V3}/join/{room_id}", {})).code == 200
+        await send_text(alice, room_id, f"message {k} é")
+        rooms.append(room_id)
+    monkeypatch.setattr(sync_module, "ROOMS_PER_BATCH", 1000)
+    together = await sync(bob)
+    monkeypatch.setattr(sync_module, "ROOMS_PER_BATCH", 5)
+    batched = await sync(bob)
+    assert sorted(batched["rooms"]["join"]) == sorted(rooms)
+    assert _without_ages(batched["rooms"]) == _without_ages(together["rooms"])
+    for room_id in rooms:
+        bodies = [e["content"].get("body") for e in batched["rooms"]["join"][room_id]["timeline"]["events"]]
+        assert any(b and b.startswith("message") for b in bodies)

@@ -8,9 +8,10 @@ from typing import Any
 from twisted.web import server
 
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.response_json import LargeJSON
 from homeserver.http.auth import RequestAuthenticator
 from homeserver.http.params import parse_json_object
-from homeserver.http.server import LargeJSON, Router, client_path, query_param
+from homeserver.http.server import Router, client_path, query_param
 from homeserver.services.streams import StreamToken
 from homeserver.services.sync import SyncFilter, SyncRequest, SyncService
 from homeserver.services.userdata import AccountDataService

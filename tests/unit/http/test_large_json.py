@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from homeserver.http.server import LargeJSON, _encode_json
+from homeserver.core.response_json import EncodedJSON, LargeJSON, encode_json
 
 BODIES: list[Any] = [
     {},
@@ -26,7 +26,7 @@ BODIES: list[Any] = [
 @pytest.mark.parametrize("depth", [0, 1, 2, 3, 4])
 def test_same_bytes_as_json_dumps(body: Any, depth: int) -> None:
     pieces = LargeJSON(body, depth).encode()
-    assert b"".join(pieces) == _encode_json(body)
+    assert b"".join(pieces) == encode_json(body)
     assert json.loads(b"".join(pieces)) == json.loads(json.dumps(body))
 
 
@@ -58,11 +58,11 @@ def test_encoding_peak_is_a_fraction_of_json_dumps() -> None:
     """The point of it: json.dumps of a 200-room body holds ~3x the response size in
     intermediate strings; piece by piece holds about the response plus one room."""
     body = _sync_like(200)
-    size = len(_encode_json(body))
+    size = len(encode_json(body))
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
-        _encode_json(body)
+        encode_json(body)
         whole_peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.reset_peak()
         pieces = LargeJSON(body, 3).encode()
@@ -72,3 +72,13 @@ def test_encoding_peak_is_a_fraction_of_json_dumps() -> None:
     assert sum(len(p) for p in pieces) == size
     assert whole_peak > 2.5 * size
     assert pieces_peak < 1.5 * size
+
+
+def test_encoded_values_are_spliced_in() -> None:
+    rooms = {f"!r{i}:x": {"timeline": {"events": [{"body": "é" * i}]}} for i in range(5)}
+    plain = {"next_batch": "s", "rooms": {"join": rooms, "leave": {}}}
+    encoded = {
+        "next_batch": "s",
+        "rooms": {"join": {k: EncodedJSON(encode_json(v)) for k, v in rooms.items()}, "leave": {}},
+    }
+    assert b"".join(LargeJSON(encoded, 3).encode()) == encode_json(plain)
