@@ -57,8 +57,8 @@ def default_rules(user_id: str, *, legacy_mention_rules: bool = False) -> PushRu
     v1.17 (see the module docstring).
 
     Rules that do not name the user are the same objects for every user (rules are frozen,
-    and their JSON is a deep copy), so a cached ruleset costs a few hundred bytes per user
-    instead of about 7 KB.
+    and their JSON is a deep copy), so a cached ruleset costs about 1.7 KB per user instead
+    of 7.5 KB.
     """
     rules = _build_default_rules(user_id, legacy_mention_rules)
     shared = _shared_default_rules(legacy_mention_rules)
