@@ -301,21 +301,29 @@ class E2EKeyService:
         room with ``user_id``, users who newly share a room, and users no longer sharing any."""
         if since.device_lists >= now.device_lists and since.events >= now.events:
             return set(), set()
-        shared = await self._shared_users(user_id)
-        changed = await self._keys.users_changed_between(shared, since.device_lists, now.device_lists)
-        left: set[str] = set()
+        # Each query is made only if its stream moved (the room store answers membership
+        # questions from memory when nothing changed): most syncs need none of them.
+        shared: set[str] | None = None
+        changed: set[str] = set()
+        if since.device_lists < now.device_lists:
+            shared = set(await self._shared_users(user_id))
+            changed = await self._keys.users_changed_between(shared, since.device_lists, now.device_lists)
         if since.events >= now.events:
-            return changed, left
-        for room_id, membership, _event_id, _stream in await self._rooms.membership_changes_since(
-            user_id, since.events, now.events
-        ):
+            return changed, set()
+        mine = await self._rooms.membership_changes_since(user_id, since.events, now.events)
+        others = await self._rooms.member_changes_in_rooms_of(user_id, since.events, now.events)
+        if not mine and not others:
+            return changed, set()
+        if shared is None:
+            shared = set(await self._shared_users(user_id))
+        left: set[str] = set()
+        for room_id, membership, _event_id, _stream in mine:
             members = {m.user_id for m in await self._rooms.members(room_id, ("join",))}
             if membership == "join":
                 changed |= members
             elif membership in ("leave", "ban"):
                 left |= {m for m in members if m not in shared}
-        for change in await self._rooms.member_changes_in_rooms_of(user_id, since.events, now.events):
-            other, membership = change
+        for other, membership in others:
             if membership == "join":
                 changed.add(other)
             elif other not in shared:
@@ -332,10 +340,10 @@ class E2EKeyService:
         self, requester: Requester, since: StreamToken | None, now: StreamToken, body: JsonDict
     ) -> None:
         if requester.device_id is not None:
-            body["device_one_time_keys_count"] = await self.one_time_key_counts(requester.user_id, requester.device_id)
-            body["device_unused_fallback_key_types"] = await self._keys.unused_fallback_key_types(
-                requester.user_id, requester.device_id
-            )
+            counts, fallbacks = await self._keys.key_counts(requester.user_id, requester.device_id)
+            counts.setdefault("signed_curve25519", 0)
+            body["device_one_time_keys_count"] = counts
+            body["device_unused_fallback_key_types"] = fallbacks
         if since is not None:
             changed, left = await self.device_list_delta(requester.user_id, since, now)
             body["device_lists"] = {"changed": sorted(changed), "left": sorted(left)}

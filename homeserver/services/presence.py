@@ -19,12 +19,15 @@ from homeserver.services.notifier import Notifier
 from homeserver.services.streams import StreamToken
 from homeserver.storage.database import Database, Transaction
 from homeserver.storage.rooms import RoomRepository
+from homeserver.storage.stream_changes import StreamChanges
 from homeserver.storage.streams import StreamIdAllocator
 
 STATES = ("online", "unavailable", "offline")
 IDLE_AFTER_MS = 5 * 60 * 1000
 # Re-announcing an unchanged "online" more often than this is pointless churn.
 _REFRESH_MS = 60 * 1000
+# Presence changes remembered for /sync (older ones: read from the database).
+_RECENT_CHANGES = 10_000
 
 # (user_id, m.presence content as other servers see it)
 PresenceListener = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -39,6 +42,9 @@ class PresenceService:
         self.enabled = enabled
         self.ids = StreamIdAllocator(db, "presence")
         self._last: dict[str, tuple[str, str | None, int]] = {}
+        # Whose presence changed recently: a /sync with no change in its window skips the
+        # query (most presence updates are refreshes of users who share no room with it).
+        self._changes = StreamChanges(_RECENT_CHANGES)
         self.on_local_presence: PresenceListener | None = None
 
     async def current_position(self) -> int:
@@ -73,6 +79,7 @@ class PresenceService:
     async def _store(self, user_id: str, state: str, status_msg: str | None, now: int) -> None:
         async with self.ids.lock:
             stream_id = await self.ids.next_id()
+            self._changes.start(stream_id - 1)  # first write: every later one is noted
 
             def txn_fn(txn: Transaction) -> None:
                 txn.execute(
@@ -83,6 +90,7 @@ class PresenceService:
                 )
 
             await self._db.run_interaction("set_presence", txn_fn)
+            self._changes.note([("presence", user_id)], stream_id)
             self.ids.advance(stream_id)
         self._notifier.notify("presence", stream_id, await self._rooms.shared_room_users(user_id) | {user_id})
 
@@ -117,18 +125,20 @@ class PresenceService:
     ) -> None:
         if not self.enabled or (since is not None and since.presence >= now.presence):
             return
-        users = await self._rooms.shared_room_users(requester.user_id)
-        if not users:
-            return
         after = since.presence if since else 0
-        ids = list(users)
+        recent = self._changes.changed_after(after)
+        if recent is not None and not any(position <= now.presence for position in recent.values()):
+            return
+        user_id = requester.user_id
 
         def txn_fn(txn: Transaction) -> list[tuple[Any, ...]]:
-            marks = ",".join("?" * len(ids))
+            # Users who share a joined room with the requester (themselves included).
             return txn.select_all(
-                "SELECT user_id, state, status_msg, last_active_ts FROM presence"
-                f" WHERE stream_id > ? AND stream_id <= ? AND user_id IN ({marks})",
-                (after, now.presence, *ids),
+                "SELECT p.user_id, p.state, p.status_msg, p.last_active_ts FROM presence AS p"
+                " WHERE p.stream_id > ? AND p.stream_id <= ? AND EXISTS (SELECT 1 FROM room_memberships AS a"
+                " JOIN room_memberships AS b ON b.room_id = a.room_id WHERE a.user_id = ? AND a.membership = 'join'"
+                " AND b.user_id = p.user_id AND b.membership = 'join')",
+                (after, now.presence, user_id),
             )
 
         rows = await self._db.run_interaction("presence_since", txn_fn)

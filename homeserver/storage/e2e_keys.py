@@ -131,6 +131,23 @@ class E2EKeyRepository:
         )
         return sorted(str(r[0]) for r in rows)
 
+    async def key_counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
+        """:meth:`count_one_time_keys` and :meth:`unused_fallback_key_types` in one round
+        trip (every /sync of an E2EE device reports both)."""
+
+        def txn_fn(txn: Transaction) -> tuple[dict[str, int], list[str]]:
+            counts = txn.select_all(
+                "SELECT algorithm, COUNT(*) FROM e2e_one_time_keys WHERE user_id = ? AND device_id = ? GROUP BY algorithm",
+                (user_id, device_id),
+            )
+            fallbacks = txn.select_all(
+                "SELECT algorithm FROM e2e_fallback_keys WHERE user_id = ? AND device_id = ? AND used = 0",
+                (user_id, device_id),
+            )
+            return {str(a): int(c) for a, c in counts}, sorted(str(r[0]) for r in fallbacks)
+
+        return await self._db.run_interaction("key_counts", txn_fn)
+
     async def claim_keys(self, wanted: list[tuple[str, str, str]]) -> dict[tuple[str, str], tuple[str, JsonDict]]:
         """For each (user, device, algorithm): pop one one-time key, else use the fallback key.
 

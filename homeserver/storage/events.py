@@ -29,6 +29,7 @@ from homeserver.storage.state import (
     insert_rows_txn,
     load_state_group_txn,
 )
+from homeserver.storage.stream_changes import StreamChanges
 from homeserver.storage.write_log import WriteLog
 
 _EVENT_CACHE_SIZE = 20_000
@@ -103,8 +104,16 @@ class PersistResult:
 
 
 class EventRepository:
-    def __init__(self, db: Database, state_cache: StateGroupCache, event_cache_size: int = _EVENT_CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        db: Database,
+        state_cache: StateGroupCache,
+        event_cache_size: int = _EVENT_CACHE_SIZE,
+        changes: StreamChanges | None = None,
+    ) -> None:
         self._db = db
+        # Where the live stream last changed, per room and per user (read by /sync).
+        self._changes = changes
         self._state_cache = state_cache
         self._lock = defer.DeferredLock()
         self._events: OrderedDict[str, StoredEvent] = OrderedDict()
@@ -139,7 +148,11 @@ class EventRepository:
                 min(int(s[1]), 0) if s and s[1] is not None else 0,
             )
 
-        self._max_stream, self._max_group, self._min_stream = await self._db.run_interaction("load_positions", txn_fn)
+        max_stream, max_group, min_stream = await self._db.run_interaction("load_positions", txn_fn)
+        if self._max_stream is None:  # two first callers may both have read: keep the first
+            self._max_stream, self._max_group, self._min_stream = max_stream, max_group, min_stream
+            if self._changes is not None:
+                self._changes.start(max_stream)
 
     async def current_stream_ordering(self) -> int:
         if self._max_stream is None:
@@ -234,6 +247,7 @@ class EventRepository:
             if backfilled:
                 self._min_stream = stream
             else:
+                self._note_changes(event, stream, timeline=not hidden, membership=rejected_reason is None and not hidden)
                 self._max_stream = stream
             self._max_group += used_groups
             # Committed: bring the in-memory copies up to date (nothing awaited in between).
@@ -246,6 +260,19 @@ class EventRepository:
         return result
 
     # -- in-memory copies ----------------------------------------------------------------
+
+    def _note_changes(self, event: Event, stream: int, *, timeline: bool, membership: bool) -> None:
+        """Tell the change log what a live-stream write at ``stream`` touched, exactly as
+        the rows read by ``rooms_with_events_between`` (a timeline event) and by the
+        ``membership_history`` queries (a membership change) see it."""
+        if self._changes is None:
+            return
+        entities: list[tuple[str, str]] = []
+        if timeline:
+            entities.append(("events", event.room_id))
+        if membership and event.type == "m.room.member" and event.state_key is not None:
+            entities += [("membership", event.state_key), ("members", event.room_id), ("members", "*")]
+        self._changes.note(entities, stream)
 
     def _known_member_events(
         self, event: Event, delta: Mapping[StateKey, str | None] | None
@@ -533,6 +560,7 @@ class EventRepository:
             await self._db.run_interaction(
                 "persist_out_of_band_membership", self._out_of_band_txn, event, stream, received_ts
             )
+            self._note_changes(event, stream, timeline=False, membership=True)
             self._max_stream = stream
         self._forget_written([event.event_id])
         return stream

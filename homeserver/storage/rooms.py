@@ -6,6 +6,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from homeserver.storage.database import Database, Transaction
+from homeserver.storage.stream_changes import StreamChanges
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +29,9 @@ def _membership(row: tuple[object, ...]) -> Membership:
 
 
 class RoomRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, changes: StreamChanges | None = None) -> None:
         self._db = db
+        self._changes = changes
 
     # -- membership --------------------------------------------------------------------
 
@@ -124,6 +126,8 @@ class RoomRepository:
             )
             return [(str(a), str(b), str(c), int(d)) for a, b, c, d in rows]
 
+        if after >= upto or (self._changes is not None and not self._changes.changed_since(("membership", user_id), after)):
+            return []
         return await self._db.run_interaction("membership_changes", txn_fn)
 
     async def member_changes_in_rooms_of(self, user_id: str, after: int, upto: int) -> list[tuple[str, str]]:
@@ -139,7 +143,7 @@ class RoomRepository:
             )
             return [(str(a), str(b)) for a, b in rows]
 
-        if after >= upto:
+        if after >= upto or (self._changes is not None and not self._changes.changed_since(("members", "*"), after)):
             return []
         return await self._db.run_interaction("member_changes_in_rooms", txn_fn)
 

@@ -6,6 +6,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from homeserver.storage.database import Database, Transaction
+from homeserver.storage.stream_changes import StreamChanges
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -30,15 +31,28 @@ def _in_clause(values: Collection[str]) -> str:
 
 
 class TimelineRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, changes: StreamChanges | None = None) -> None:
         self._db = db
+        self._changes = changes
 
     async def rooms_with_events_between(self, room_ids: Collection[str], after: int, upto: int) -> set[str]:
         """Which of ``room_ids`` have timeline events with stream in (after, upto]."""
         if not room_ids or after >= upto:
             return set()
         ids = list(room_ids)
+        if self._changes is not None:
+            known = self._changes.changed([("events", r) for r in ids], after)
+            if known is not None:
+                # A room whose last event is at most ``upto`` has one in the range; one
+                # whose last event is later may or may not: only those need the database.
+                found = {key[1] for key, position in known.items() if position <= upto}
+                unsure = [key[1] for key, position in known.items() if position > upto]
+                if unsure:
+                    found |= await self._rooms_with_events_db(unsure, after, upto)
+                return found
+        return await self._rooms_with_events_db(ids, after, upto)
 
+    async def _rooms_with_events_db(self, ids: list[str], after: int, upto: int) -> set[str]:
         def txn_fn(txn: Transaction) -> set[str]:
             rows = txn.select_all(
                 "SELECT DISTINCT room_id FROM events WHERE stream_ordering > ? AND stream_ordering <= ?"

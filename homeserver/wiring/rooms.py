@@ -31,6 +31,7 @@ from homeserver.storage.push import PushRuleRepository
 from homeserver.storage.receipts import ReceiptRepository
 from homeserver.storage.rooms import RoomRepository
 from homeserver.storage.state import StateGroupCache, StateRepository
+from homeserver.storage.stream_changes import StreamChanges
 from homeserver.storage.timeline import TimelineRepository
 from homeserver.storage.to_device import ToDeviceRepository
 from homeserver.storage.user_directory import UserDirectoryRepository
@@ -86,10 +87,11 @@ def build_rooms(config: HomeserverConfig, *, clock: Clock, db: Database, core: C
     """Every room-side service; also sets ``core.account.on_deactivated`` (leave all rooms)."""
     notifier = Notifier(clock)
     state_cache = StateGroupCache()
-    event_store = EventRepository(db, state_cache, event_cache_size=config.event_cache_size)
+    changes = StreamChanges()
+    event_store = EventRepository(db, state_cache, event_cache_size=config.event_cache_size, changes=changes)
     state_store = StateRepository(db, state_cache)
-    timeline = TimelineRepository(db)
-    room_store = RoomRepository(db)
+    timeline = TimelineRepository(db, changes)
+    room_store = RoomRepository(db, changes)
     profile_store = ProfileRepository(db)
     receipt_store = ReceiptRepository(db)
     room_events = RoomEventService(

@@ -281,3 +281,38 @@ async def test_initial_sync_in_batches_gives_the_same_answer(server: HSFixture, 
     for room_id in rooms:
         bodies = [e["content"].get("body") for e in batched["rooms"]["join"][room_id]["timeline"]["events"]]
         assert any(b and b.startswith("message") for b in bodies)
+
+
+@pytest_twisted.ensureDeferred
+async def test_incremental_sync_reads_only_what_moved(server: HSFixture) -> None:
+    """An incremental /sync after one message asks the database only for that room's
+    timeline and counts: membership, device-list and presence questions are answered
+    from the in-memory change log when their streams did not move for this user."""
+    alice = await user(server, "alice")
+    bob = await user(server, "bob")
+    carol = await user(server, "carol")
+    rooms = [await create_room(alice, preset="public_chat") for _ in range(3)]
+    for room_id in rooms:
+        assert (await bob.post(f"{V3}/join/{room_id}", {})).code == 200
+    since = (await sync(bob))["next_batch"]
+    await send_text(alice, rooms[0], "warm-up")
+    since = (await sync(bob, f"?since={since}"))["next_batch"]
+    # Carol's presence changes, but she shares no room with Bob.
+    assert (await carol.put(f"{V3}/presence/@carol:test.local/status", {"presence": "online"})).code == 200
+    event_id = await send_text(alice, rooms[1], "hello")
+    seen = count_transactions(server)
+    body = await sync(bob, f"?since={since}")
+    assert list(body["rooms"]["join"]) == [rooms[1]]
+    assert [e["event_id"] for e in body["rooms"]["join"][rooms[1]]["timeline"]["events"]] == [event_id]
+    assert body["presence"]["events"] == [] and body["device_lists"] == {"changed": [], "left": []}
+    skipped = {"rooms_with_events", "membership_changes", "member_changes_in_rooms", "shared_room_users"}
+    assert not skipped & set(seen), seen
+    assert len(seen) <= 6, seen
+
+    # Bob's own membership change and a room-mate's presence are still reported.
+    since = body["next_batch"]
+    assert (await bob.post(f"{V3}/rooms/{rooms[2]}/leave", {})).code == 200
+    assert (await alice.put(f"{V3}/presence/@alice:test.local/status", {"presence": "unavailable"})).code == 200
+    body = await sync(bob, f"?since={since}")
+    assert rooms[2] in body["rooms"]["leave"]
+    assert [e["sender"] for e in body["presence"]["events"]] == ["@alice:test.local"]
