@@ -185,12 +185,8 @@ class RoomEventService:
         """Build, authorise, persist and announce an event.  ``room_id`` is None only for
         a v12 create event, whose ID names the room.  ``origin_server_ts`` overrides the
         clock (an application service importing history)."""
-        if txn is not None:
-            existing = await self._events.get_event_id_for_txn(txn.user_id, txn.device_id, txn.txn_id)
-            if existing is not None:
-                stored = await self._events.get_event(existing)
-                if stored is not None:
-                    return SentEvent(stored.event, stored.stream_ordering)
+        # A retried transaction ID is answered by the check under the room lock (one query
+        # per send, not two: retries are rare).
 
         async def locked() -> SentEvent:
             return await self._send_locked(
@@ -215,7 +211,7 @@ class RoomEventService:
         extra_check: Callable[[Event, StateMap], Any] | None,
         origin_server_ts: int | None = None,
     ) -> SentEvent:
-        if txn is not None:  # re-check under the lock: a retry may have raced the first send
+        if txn is not None:  # under the lock: a retry racing the first send waits for it
             existing = await self._events.get_event_id_for_txn(txn.user_id, txn.device_id, txn.txn_id)
             stored = await self._events.get_event(existing) if existing else None
             if stored is not None:

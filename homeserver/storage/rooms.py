@@ -28,10 +28,15 @@ def _membership(row: tuple[object, ...]) -> Membership:
     return Membership(*row)  # type: ignore[arg-type]
 
 
+#: Room IDs remembered as existing (the set starts over when full).
+_KNOWN_ROOMS = 20_000
+
+
 class RoomRepository:
     def __init__(self, db: Database, changes: StreamChanges | None = None) -> None:
         self._db = db
         self._changes = changes
+        self._known_rooms: set[str] = set()
 
     # -- membership --------------------------------------------------------------------
 
@@ -260,7 +265,14 @@ class RoomRepository:
         return [str(r[0]) for r in rows]
 
     async def room_exists(self, room_id: str) -> bool:
+        # Rooms are never deleted: a room once found is known (checked on every send).
+        if room_id in self._known_rooms:
+            return True
         row = await self._db.run_interaction(
             "room_exists", lambda txn: txn.select_one("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,))
         )
+        if row is not None:
+            if len(self._known_rooms) >= _KNOWN_ROOMS:
+                self._known_rooms.clear()
+            self._known_rooms.add(room_id)
         return row is not None
