@@ -271,7 +271,7 @@ class EventRepository:
         if timeline:
             entities.append(("events", event.room_id))
         if membership and event.type == "m.room.member" and event.state_key is not None:
-            entities += [("membership", event.state_key), ("members", event.room_id), ("members", "*")]
+            entities += [("membership", event.state_key), ("members", "*")]
         self._changes.note(entities, stream)
 
     def _known_member_events(

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 
-#: (kind, id): ("events", room), ("membership", user), ("members", room), ("members", "*"),
-#: ("presence", user).
+#: (kind, id): ("events", room): a timeline event; ("membership", user): that user's
+#: membership; ("members", "*"): anyone's membership; ("presence", user).
 Key = tuple[str, str]
 
 #: Entities remembered (rooms, users); older ones are dropped and the floor rises.
