@@ -347,7 +347,7 @@ class RoomService:
             raise MatrixError(400, Codes.INVALID_PARAM, "Invalid room ID or alias") from None
         return room_id_or_alias, []
 
-    async def _is_host_in_room(self, room_id: str) -> bool:
+    async def is_host_in_room(self, room_id: str) -> bool:
         """Whether a local user is joined to the room (so we have its current state)."""
         suffix = ":" + self._server_name
         return any(m.user_id.endswith(suffix) for m in await self._rooms.members(room_id))
@@ -382,7 +382,7 @@ class RoomService:
             self.remote is not None
             and target == sender
             and action in ("join", "knock", "leave")
-            and not await self._is_host_in_room(room_id)
+            and not await self.is_host_in_room(room_id)
         ):
             candidates = await self.remote.candidate_servers(room_id, sender, servers)
             # A room of ours that every user left and no other server is in stays local.

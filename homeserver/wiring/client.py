@@ -3,7 +3,7 @@ listener resource, given the built services."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from homeserver.filtering import parse_filter
 from homeserver.http.auth import RequestAuthenticator
 from homeserver.http.server import Router
 from homeserver.services.key_backup import KeyBackupService
+from homeserver.services.membership_ratelimit import MembershipRateLimits
 from homeserver.services.message_ratelimit import MessageRateLimiter
 from homeserver.services.notifications import NotificationService
 from homeserver.services.pushers import PusherService, build_pushers
@@ -56,6 +57,14 @@ class ClientApi:
     message_limiter: MessageRateLimiter
 
 
+def _membership_of(rooms: RoomParts) -> Callable[[str, str], Awaitable[str | None]]:
+    async def membership_of(room_id: str, user_id: str) -> str | None:
+        found = await rooms.room_store.get_membership(room_id, user_id)
+        return found.membership if found is not None else None
+
+    return membership_of
+
+
 def build_client_api(
     config: HomeserverConfig,
     *,
@@ -67,6 +76,16 @@ def build_client_api(
     media_admin_routes: Callable[[Router], None],
 ) -> ClientApi:
     message_limiter = MessageRateLimiter(Ratelimiter(clock, rate(config.rc_message)), is_admin=core.admin.is_admin)
+    membership_limits = MembershipRateLimits(
+        clock,
+        room_creation=config.rc_room_creation,
+        joins=config.rc_joins,
+        joins_per_room=config.rc_joins_per_room,
+        invites=config.rc_invites,
+        is_admin=core.admin.is_admin,
+        is_host_in_room=rooms.rooms.is_host_in_room,
+        membership_of=_membership_of(rooms),
+    )
     presence = rooms.presence
 
     def routes(router: Router) -> None:
@@ -113,6 +132,7 @@ def build_client_api(
             messages=rooms.messages,
             parse_filter=rooms.filters.room_event_filter,
             message_limiter=message_limiter,
+            membership_limits=membership_limits,
         )
         sync_api.register(
             router,

@@ -13,6 +13,7 @@ from homeserver.http.auth import RequestAuthenticator
 from homeserver.http.params import Body, parse_json_object
 from homeserver.http.server import Router, client_path, query_param
 from homeserver.services.auth import Requester
+from homeserver.services.membership_ratelimit import MembershipRateLimits
 from homeserver.services.message_ratelimit import MessageRateLimiter
 from homeserver.services.messages import MessageService
 from homeserver.services.rooms import PRESETS, CreateRoomRequest, RoomService
@@ -134,15 +135,27 @@ def register(
     messages: MessageService,
     parse_filter: Callable[[str, str], Any],
     message_limiter: MessageRateLimiter | None = None,
+    membership_limits: MembershipRateLimits | None = None,
 ) -> None:
     async def limit(requester: Requester) -> None:
         # rc_message: events a client creates (not memberships, which have their own limits)
         if message_limiter is not None:
             await message_limiter.check(requester)
 
+    async def limit_membership(requester: Requester, room_id: str, action: str, target: str | None) -> None:
+        # rc_joins, rc_joins_per_room, rc_invites
+        if membership_limits is None:
+            return
+        if action == "join":
+            await membership_limits.join(requester, room_id)
+        elif action == "invite" and target is not None:
+            await membership_limits.invite(requester, room_id, target)
+
     async def create_room(request: server.Request) -> tuple[int, Any]:
         requester = await authenticate(request)
         req = parse_create_room(parse_json_object(request, allow_empty=True))
+        if membership_limits is not None:
+            await membership_limits.room_creation(requester)  # rc_room_creation
         room_id, alias = await rooms.create_room(requester.user_id, req)
         body: dict[str, Any] = {"room_id": room_id}
         if alias:
@@ -154,6 +167,7 @@ def register(
         body = parse_json_object(request, allow_empty=True)
         via = _via_servers(request)
         room_id, alias_servers = await rooms.resolve_room_and_servers(room)
+        await limit_membership(requester, room_id, "join", None)
         await rooms.update_membership(
             sender=requester.user_id,
             room_id=room_id,
@@ -173,6 +187,7 @@ def register(
             target = body.str("user_id") if action in ("invite", "kick", "ban", "unban") else None
             if action in ("invite", "kick", "ban", "unban") and target is None:
                 raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: user_id")
+            await limit_membership(requester, room_id, action, target)
             await rooms.update_membership(
                 sender=requester.user_id, room_id=room_id, action=action, target=target, reason=body.str("reason")
             )
@@ -225,6 +240,7 @@ def register(
             action = actions[membership]
             if membership == "leave" and state_key != requester.user_id:
                 action = "kick"
+            await limit_membership(requester, room_id, action, state_key)
             sent = await rooms.update_membership(
                 sender=requester.user_id, room_id=room_id, action=action, target=state_key,
                 reason=body.str("reason"), extra_content=body.data,

@@ -20,6 +20,7 @@ from homeserver.config import (
     parse_config,
     parse_postgres_url,
 )
+from homeserver.config.ratelimiting import NOT_ENFORCED
 
 REPO = Path(__file__).resolve().parents[3]
 SAMPLE = REPO / "config" / "homeserver.sample.yaml"
@@ -137,7 +138,13 @@ def test_sample_documents_the_real_defaults(tmp_path: Path) -> None:
     (tmp_path / "uncommented.yaml").write_text(uncommented)
     as_shipped, _ = load_config(str(tmp_path / "sample.yaml"))
     with_defaults, warnings = load_config(str(tmp_path / "uncommented.yaml"))
-    assert warnings == []
+    # The only warnings: the rate limits documented as read but not enforced yet (the
+    # sample's rc_admin_redaction is null, which means absent).
+    assert warnings == [
+        f"{key}: read, but this server does not enforce this limit yet"
+        for key in NOT_ENFORCED
+        if key != "rc_admin_redaction"
+    ]
     assert with_defaults == as_shipped
 
 
