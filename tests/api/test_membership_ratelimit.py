@@ -86,7 +86,9 @@ async def test_joins_per_user_and_per_room(make_server: Callable[..., HSFixture]
 
 @pytest_twisted.ensureDeferred
 async def test_invites_per_issuer_per_room_and_per_invitee(make_server: Callable[..., HSFixture]) -> None:
-    server = make_server(rc_invites={"per_room": bucket(10), "per_user": bucket(2), "per_issuer": bucket(3)}, **REGISTRATION)
+    server = make_server(
+        rc_invites={"per_room": bucket(10), "per_user": bucket(2), "per_issuer": bucket(3)}, **REGISTRATION
+    )
     alice = await user(server, "alice")
     bob = await user(server, "bob")
     targets = [await user(server, f"t{i}") for i in range(4)]
