@@ -76,6 +76,13 @@ def build_client_api(
     media_admin_routes: Callable[[Router], None],
 ) -> ClientApi:
     message_limiter = MessageRateLimiter(Ratelimiter(clock, rate(config.rc_message)), is_admin=core.admin.is_admin)
+    # rc_user_directory and rc_presence.per_user: per user, exempt as for rc_message
+    user_directory_limiter = MessageRateLimiter(
+        Ratelimiter(clock, rate(config.rc_user_directory)), is_admin=core.admin.is_admin
+    )
+    presence_limiter = MessageRateLimiter(
+        Ratelimiter(clock, rate(config.rc_presence.per_user)), is_admin=core.admin.is_admin
+    )
     membership_limits = MembershipRateLimits(
         clock,
         room_creation=config.rc_room_creation,
@@ -151,6 +158,7 @@ def build_client_api(
             typing=rooms.typing,
             receipts=rooms.receipts,
             presence=presence,
+            presence_limiter=presence_limiter,
         )
         push_api.register(router, authenticate=authenticate, push=rooms.push)
         keys_api.register(
@@ -168,10 +176,10 @@ def build_client_api(
             directory=rooms.directory,
             is_admin=core.admin.is_admin,
             search=search,
+            user_directory_limiter=user_directory_limiter,
         )
 
     return ClientApi(routes=routes, message_limiter=message_limiter)
-
 
 
 @dataclass
@@ -218,6 +226,7 @@ def build_client_features(
         presenter=rooms.presenter,
         require_admin=core.admin.require_admin,
         federation_authenticator=federation_authenticator,
+        report_limiter=MessageRateLimiter(Ratelimiter(clock, rate(config.rc_reports)), is_admin=core.admin.is_admin),
     )
 
     # pushers (services/pushers.py, push/gateway.py, api/client/pushers.py)

@@ -88,6 +88,9 @@ BASE_CONFIG: dict[str, Any] = {
     # As Synapse's own test config: tests send faster than a person (rc_message's tests lower it).
     "rc_message": {"per_second": 10000, "burst_count": 10000},
     "rc_room_creation": {"per_second": 10000, "burst_count": 10000},
+    "rc_user_directory": {"per_second": 10000, "burst_count": 10000},
+    "rc_reports": {"per_second": 10000, "burst_count": 10000},
+    "rc_presence": {"per_user": {"per_second": 10000, "burst_count": 10000}},
     "rc_joins": {"local": {"per_second": 10000, "burst_count": 10000}, "remote": {"per_second": 10000, "burst_count": 10000}},
     "rc_joins_per_room": {"per_second": 10000, "burst_count": 10000},
     "rc_invites": {

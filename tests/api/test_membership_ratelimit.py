@@ -111,3 +111,36 @@ async def test_invites_per_issuer_per_room_and_per_invitee(make_server: Callable
     for invitee in ("@t1:test.local", "@t2:test.local"):
         resp = await targets[3].post(f"{V3}/rooms/{other}/invite", {"user_id": invitee})
         assert resp.code == 200, resp.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_user_directory_reports_and_presence_limits(make_server: Callable[..., HSFixture]) -> None:
+    """rc_user_directory, rc_reports and rc_presence.per_user: per user, the refused request
+    changes nothing; a malformed request is refused with 400 before it is counted."""
+    server = make_server(
+        rc_user_directory=bucket(2), rc_reports=bucket(1), rc_presence={"per_user": bucket(1)}, **REGISTRATION
+    )
+    alice = await user(server, "alice")
+    bob = await user(server, "bob")
+    admin = await user(server, "admin", admin=True)
+    search = f"{V3}/user_directory/search"
+    assert (await alice.post(search, {"limit": 5})).code == 400  # no search_term: not counted
+    for _ in range(2):
+        assert (await alice.post(search, {"search_term": "bob"})).code == 200
+    assert_limited(await alice.post(search, {"search_term": "bob"}))
+    assert (await bob.post(search, {"search_term": "alice"})).code == 200
+    for _ in range(3):
+        assert (await admin.post(search, {"search_term": "alice"})).code == 200
+
+    room = await create_room(alice)
+    assert (await alice.post(f"{V3}/rooms/{room}/report", {})).code == 400  # no reason: not counted
+    assert (await alice.post(f"{V3}/rooms/{room}/report", {"reason": "spam"})).code == 200
+    assert_limited(await alice.post(f"{V3}/rooms/{room}/report", {"reason": "again"}))
+    reports = await admin.get("/_synapse/admin/v1/event_reports")
+    assert reports.code == 200 and reports.body["total"] == 1, reports.body
+
+    status = f"{V3}/presence/@alice:test.local/status"
+    assert (await alice.put(status, {"presence": "online", "status_msg": "first"})).code == 200
+    assert_limited(await alice.put(status, {"presence": "unavailable", "status_msg": "second"}))
+    shown = await alice.get(status)
+    assert shown.code == 200 and shown.body["status_msg"] == "first", shown.body

@@ -12,6 +12,7 @@ from homeserver.http.auth import RequestAuthenticator
 from homeserver.http.params import parse_json_object
 from homeserver.http.server import Router, client_path, query_param
 from homeserver.services.directory import DirectoryService
+from homeserver.services.message_ratelimit import MessageRateLimiter
 from homeserver.services.rooms import RoomService
 from homeserver.services.search import SearchService
 
@@ -24,6 +25,7 @@ def register(
     directory: DirectoryService,
     is_admin: Callable[[str], Awaitable[bool]],
     search: SearchService | None = None,
+    user_directory_limiter: MessageRateLimiter | None = None,
 ) -> None:
     async def put_alias(request: server.Request, alias: str) -> tuple[int, Any]:
         requester = await authenticate(request)
@@ -76,6 +78,8 @@ def register(
         body = parse_json_object(request)
         term = body.required_str("search_term")
         limit = body.int("limit", minimum=0)
+        if user_directory_limiter is not None:
+            await user_directory_limiter.check(requester)  # rc_user_directory
         return 200, await directory.search_users(requester.user_id, term, 10 if limit is None else limit)
 
     if search is not None:

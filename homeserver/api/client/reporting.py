@@ -13,6 +13,7 @@ from homeserver.http.auth import RequestAuthenticator
 from homeserver.http.params import parse_json_object
 from homeserver.http.server import Router, client_path, query_param
 from homeserver.services.auth import Requester
+from homeserver.services.message_ratelimit import MessageRateLimiter
 from homeserver.services.reporting import DEFAULT_ADMIN_PAGE, ReportService
 
 _ROOM = "/rooms/(?P<room_id>[^/]+)"
@@ -38,20 +39,28 @@ def register(
     authenticate: RequestAuthenticator,
     reports: ReportService,
     require_admin: Callable[[Requester], Awaitable[None]],
+    report_limiter: MessageRateLimiter | None = None,
 ) -> None:
+    async def limit(requester: Requester) -> None:
+        if report_limiter is not None:
+            await report_limiter.check(requester)  # rc_reports
+
     async def report_event(request: server.Request, room_id: str, event_id: str) -> tuple[int, Any]:
         requester = await authenticate(request)
         body = parse_json_object(request, allow_empty=True)
         score = body.raw("score")
         if score is not None and (not isinstance(score, int) or isinstance(score, bool)):
             raise MatrixError(400, Codes.BAD_JSON, "Parameter score must be an integer")
+        await limit(requester)
         await reports.report_event(requester.user_id, room_id, event_id, body.str("reason"), score)
         return 200, {}
 
     async def report_room(request: server.Request, room_id: str) -> tuple[int, Any]:
         requester = await authenticate(request)
         body = parse_json_object(request)
-        await reports.report_room(requester.user_id, room_id, body.required_str("reason"))
+        reason = body.required_str("reason")
+        await limit(requester)
+        await reports.report_room(requester.user_id, room_id, reason)
         return 200, {}
 
     async def list_reports(request: server.Request) -> tuple[int, Any]:

@@ -21,6 +21,7 @@ from homeserver.http.server import Router, client_path, query_param
 from homeserver.services.auth import Requester
 from homeserver.services.events import RoomEventService
 from homeserver.services.hierarchy import HierarchyRequest, HierarchyService
+from homeserver.services.message_ratelimit import MessageRateLimiter
 from homeserver.services.openid import OpenIdService
 from homeserver.services.presenter import EventPresenter
 from homeserver.services.reporting import ReportService
@@ -100,6 +101,7 @@ def build_client_gaps(
     presenter: EventPresenter,
     require_admin: Callable[[Requester], Awaitable[None]],
     federation_authenticator: federation_hierarchy_api.Authenticator,
+    report_limiter: MessageRateLimiter | None = None,
 ) -> ClientGapRoutes:
     """The services and route adders of the hierarchy, OpenID, reporting and timestamp APIs."""
     hierarchy = HierarchyService(state=room_events, memberships=room_store)
@@ -117,7 +119,13 @@ def build_client_gaps(
     def client(router: Router) -> None:
         register(router, authenticate=authenticate, hierarchy=hierarchy, reports=reports)
         openid_api.register(router, authenticate=authenticate, openid=openid)
-        reporting_api.register(router, authenticate=authenticate, reports=reports, require_admin=require_admin)
+        reporting_api.register(
+            router,
+            authenticate=authenticate,
+            reports=reports,
+            require_admin=require_admin,
+            report_limiter=report_limiter,
+        )
 
     def federation(router: Router) -> None:
         federation_openid_api.register(router, openid=openid)

@@ -11,6 +11,7 @@ from homeserver.http.auth import RequestAuthenticator
 from homeserver.http.params import parse_json_object
 from homeserver.http.server import Router, client_path
 from homeserver.services.ephemeral import ReceiptService, TypingService
+from homeserver.services.message_ratelimit import MessageRateLimiter
 from homeserver.services.presence import PresenceService
 from homeserver.services.userdata import AccountDataService, ProfileService
 
@@ -27,6 +28,7 @@ def register(
     typing: TypingService,
     receipts: ReceiptService,
     presence: PresenceService,
+    presence_limiter: MessageRateLimiter | None = None,
 ) -> None:
     async def get_profile(request: server.Request, user_id: str) -> tuple[int, Any]:
         await authenticate(request, allow_guest=True)
@@ -114,7 +116,10 @@ def register(
         if requester.user_id != user_id:
             raise MatrixError(403, Codes.FORBIDDEN, "Cannot set presence for other users")
         body = parse_json_object(request)
-        await presence.set_presence(user_id, body.required_str("presence"), body.str("status_msg", max_length=1000))
+        state, status_msg = body.required_str("presence"), body.str("status_msg", max_length=1000)
+        if presence_limiter is not None:
+            await presence_limiter.check(requester)  # rc_presence.per_user
+        await presence.set_presence(user_id, state, status_msg)
         return 200, {}
 
     router.add("GET", client_path("/presence/(?P<user_id>[^/]+)/status"), get_presence)
