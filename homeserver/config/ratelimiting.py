@@ -192,12 +192,11 @@ def read_ratelimiting(r: Reader) -> RateLimitSettings:
 #: Keys parsed as Synapse does (so a Synapse file loads unchanged) whose limits no request
 #: path applies yet.  Enforced: rc_message, rc_registration, rc_login, rc_media_create,
 #: rc_room_creation, rc_joins, rc_joins_per_room, rc_invites, rc_user_directory, rc_reports,
-#: rc_presence.
+#: rc_presence, rc_federation.
 NOT_ENFORCED = (
     "rc_registration_token_validity",
     "rc_admin_redaction",
     "rc_3pid_validation",
     "rc_third_party_invite",
-    "rc_federation",
     "rc_delayed_event_mgmt",
 )

@@ -26,6 +26,7 @@ from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.events.signing import SignatureError
 from homeserver.federation.keyring import KeyLookupError
+from homeserver.federation.ratelimit import FederationRateLimiter
 from homeserver.federation.xmatrix import (
     XMatrixCredentials,
     XMatrixError,
@@ -34,6 +35,7 @@ from homeserver.federation.xmatrix import (
     request_to_verify,
 )
 from homeserver.http.params import parse_json_value, read_body_bytes
+from homeserver.http.server import on_handler_done
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +77,11 @@ class FederationAuthenticator:
         clock: Clock,
         keyring: SignatureVerifier,
         is_allowed: Callable[[str], bool],
+        ratelimiter: FederationRateLimiter | None = None,
     ) -> None:
         self._server_name = server_name
+        # rc_federation: per origin, held until the servlet that authenticated is done
+        self._ratelimiter = ratelimiter
         self._clock = clock
         self._keyring = keyring
         self._is_allowed = is_allowed
@@ -95,12 +100,15 @@ class FederationAuthenticator:
             uri = request.uri.decode("ascii")
         except UnicodeDecodeError:
             raise unauthorized("Request target is not ASCII") from None
-        return await self.authenticate_parts(
+        origin = await self.authenticate_parts(
             method=method,
             uri=uri,
             authorization=request.requestHeaders.getRawHeaders(b"Authorization") or [],
             content=content,
         )
+        if self._ratelimiter is not None:
+            on_handler_done(request, await self._ratelimiter.enter(origin))
+        return origin
 
     async def authenticate_parts(
         self, *, method: str, uri: str, authorization: Collection[bytes], content: Any | None

@@ -19,6 +19,7 @@ from homeserver.federation.dns import ReactorHostResolver, TwistedSrvResolver
 from homeserver.federation.key_server import KeyNotary, LocalKeys, old_verify_keys_from_config
 from homeserver.federation.keyring import Keyring, pinned_keys_from_config
 from homeserver.federation.queue import BackoffPolicy
+from homeserver.federation.ratelimit import FederationRateLimiter
 from homeserver.federation.sender import FederationClientTransport, FederationSender
 from homeserver.federation.tls import IPRangeFilter, TLSPolicy
 from homeserver.federation.transport import Connector, FederationClient, WellKnownClient
@@ -145,6 +146,7 @@ def build_federation(config: HomeserverConfig, *, reactor: Any, clock: Clock, db
         keyring=keyring,
         is_allowed=config.federation_allows,
         on_origin=sender.wake,
+        ratelimiter=FederationRateLimiter(clock, config.rc_federation),
     )
     return Federation(
         sender=sender,

@@ -190,6 +190,19 @@ def send_error(request: server.Request, err: MatrixError) -> None:
     send_json(request, err.code, err.to_json())
 
 
+_ON_HANDLER_DONE = "_homeserver_on_handler_done"
+
+
+def on_handler_done(request: server.Request, fn: Callable[[], None]) -> None:
+    """Call ``fn`` when the handler serving ``request`` returns or raises (a slot taken for
+    the request's processing is given back then, whatever happens to the connection)."""
+    callbacks = getattr(request, _ON_HANDLER_DONE, None)
+    if callbacks is None:
+        callbacks = []
+        setattr(request, _ON_HANDLER_DONE, callbacks)
+    callbacks.append(fn)
+
+
 class RootResource(resource.Resource):
     """The single leaf resource serving every path through the router."""
 
@@ -243,6 +256,9 @@ class RootResource(resource.Resource):
                 logger.warning("%s %s -> %s", request.method.decode(), path, e)
             send_error(request, e)
             return
+        finally:
+            for fn in getattr(request, _ON_HANDLER_DONE, ()):
+                fn()
         if code == 0:
             return  # the handler wrote the response itself (media downloads)
         send_json(request, code, body)

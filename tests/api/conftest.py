@@ -91,6 +91,7 @@ BASE_CONFIG: dict[str, Any] = {
     "rc_user_directory": {"per_second": 10000, "burst_count": 10000},
     "rc_reports": {"per_second": 10000, "burst_count": 10000},
     "rc_presence": {"per_user": {"per_second": 10000, "burst_count": 10000}},
+    "rc_federation": {"window_size": 1000, "sleep_limit": 10000, "sleep_delay": 0, "reject_limit": 10000, "concurrent": 1000},
     "rc_joins": {"local": {"per_second": 10000, "burst_count": 10000}, "remote": {"per_second": 10000, "burst_count": 10000}},
     "rc_joins_per_room": {"per_second": 10000, "burst_count": 10000},
     "rc_invites": {

@@ -307,7 +307,7 @@ def test_rate_limits_not_enforced_yet_warn(tmp_path: Path) -> None:
     """A Synapse rc_* key we parse but do not apply says so, instead of loading silently."""
     config, warnings = parse(
         tmp_path,
-        rc_federation={"window_size": 500},
+        rc_third_party_invite={"per_second": 1, "burst_count": 2},
         rc_3pid_validation={"per_second": 1, "burst_count": 2},
         rc_message={"per_second": 1, "burst_count": 5},
         rc_joins={"local": {"per_second": 0.5, "burst_count": 3}},
@@ -315,9 +315,9 @@ def test_rate_limits_not_enforced_yet_warn(tmp_path: Path) -> None:
     )
     assert warnings == [
         "rc_3pid_validation: read, but this server does not enforce this limit yet",
-        "rc_federation: read, but this server does not enforce this limit yet",
+        "rc_third_party_invite: read, but this server does not enforce this limit yet",
     ]
-    assert config.rc_federation.window_size == 500  # still parsed as Synapse does
+    assert config.rc_3pid_validation.burst_count == 2  # still parsed as Synapse does
     assert parse(tmp_path)[1] == []
 
 

@@ -5,21 +5,24 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from _federation_helpers import make_self_signed_cert, new_key
-from twisted.internet import protocol, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.testing import MemoryReactorClock
 
+from homeserver.config.ratelimiting import FederationRateLimitConfig
 from homeserver.core.clock import Clock
+from homeserver.core.errors import Codes, MatrixError
 from homeserver.events.signing import encode_verify_key_base64, get_verify_key, key_id
 from homeserver.federation.auth import FederationAuthenticator
 from homeserver.federation.discovery import HttpResponse, ServerDiscovery, SrvRecord
 from homeserver.federation.keyring import Keyring, pinned_keys_from_config
+from homeserver.federation.ratelimit import FederationRateLimiter
 from homeserver.federation.tls import IPRangeFilter, TLSPolicy, server_tls_options
 from homeserver.federation.transport import (
     Connector,
@@ -178,6 +181,9 @@ class TLSServer:
     server_name: str
     cert: str
     seen: list[dict[str, Any]]
+    # the /slow handler: entered (origin, n), and the Deferred each one waits on
+    slow_entered: list[str] = field(default_factory=list)
+    slow_gates: dict[str, defer.Deferred[None]] = field(default_factory=dict)
 
 
 @pytest.fixture
@@ -203,7 +209,20 @@ def tls_server(tmp_path: Path) -> Iterator[TLSServer]:
     async def big(request: Any) -> tuple[int, Any]:
         return 200, {"data": "x" * 100_000}
 
+    slow_entered: list[str] = []
+    slow_gates: dict[str, defer.Deferred[None]] = {}
+
+    async def slow(request: Any, n: str) -> tuple[int, Any]:
+        await holder["auth"].authenticate(request)
+        slow_entered.append(n)
+        gate = slow_gates.setdefault(n, defer.Deferred())
+        await gate
+        if n == "fail":
+            raise MatrixError(400, Codes.INVALID_PARAM, "the handler failed")
+        return 200, {"n": n}
+
     router.add("GET", "^/_matrix/federation/v1/whoami$", whoami)
+    router.add("GET", "^/_matrix/federation/v1/slow/(?P<n>[^/]+)$", slow)
     router.add("PUT", "^/_matrix/federation/v1/echo/(?P<txn>[^/]+)$", echo)
     router.add("GET", "^/teapot$", teapot)
     router.add("GET", "^/big$", big)
@@ -221,10 +240,16 @@ def tls_server(tmp_path: Path) -> Iterator[TLSServer]:
         is_allowed=lambda name: name == CLIENT_NAME,
         pinned_keys=pinned_keys_from_config(pinned),
     )
+    # rc_federation: one request of an origin processed at a time, no sleeping.
+    limits = FederationRateLimitConfig(window_size=1000, sleep_limit=100, sleep_delay=500, reject_limit=50, concurrent=1)
     holder["auth"] = FederationAuthenticator(
-        server_name=server_name, clock=clock, keyring=keyring, is_allowed=lambda name: name == CLIENT_NAME
+        server_name=server_name,
+        clock=clock,
+        keyring=keyring,
+        is_allowed=lambda name: name == CLIENT_NAME,
+        ratelimiter=FederationRateLimiter(clock, limits),
     )
-    yield TLSServer(port.getHost().port, server_name, cert, seen)
+    yield TLSServer(port.getHost().port, server_name, cert, seen, slow_entered, slow_gates)
     port.stopListening()
 
 
@@ -241,6 +266,45 @@ async def test_signed_get_over_tls_to_an_ip_literal(tls_server: TLSServer) -> No
         assert body == {"origin": CLIENT_NAME, "content": {"pdus": [], "ü": "∂"}}
     finally:
         await c.client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rc_federation_holds_a_slot_until_the_handler_is_done(tls_server: TLSServer) -> None:
+    """With concurrent=1, a second request from the same origin waits until the first
+    handler has returned, and a handler that fails gives its slot back too."""
+    c = make_client(reactor, blacklist=())
+    try:
+        first = defer.ensureDeferred(c.client.get_json(tls_server.server_name, "/_matrix/federation/v1/slow/fail"))
+        await _until(lambda: tls_server.slow_entered == ["fail"])
+        second = defer.ensureDeferred(c.client.get_json(tls_server.server_name, "/_matrix/federation/v1/slow/two"))
+        await _sleep(0.3)
+        assert tls_server.slow_entered == ["fail"]  # the second waits for the slot
+        tls_server.slow_gates["fail"].callback(None)
+        with pytest.raises(HttpResponseError) as err:
+            await first
+        assert (err.value.code, err.value.errcode) == (400, "M_INVALID_PARAM")
+        await _until(lambda: tls_server.slow_entered == ["fail", "two"])
+        tls_server.slow_gates["two"].callback(None)
+        assert await second == {"n": "two"}
+        # The slot is free again.
+        tls_server.slow_gates["three"] = defer.succeed(None)
+        assert await c.client.get_json(tls_server.server_name, "/_matrix/federation/v1/slow/three") == {"n": "three"}
+    finally:
+        await c.client.close()
+
+
+async def _sleep(seconds: float) -> None:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)  # type: ignore[attr-defined]
+    await d
+
+
+async def _until(condition: Any, timeout: float = 10.0) -> None:
+    waited = 0.0
+    while not condition():
+        assert waited < timeout, "condition not reached"
+        await _sleep(0.02)
+        waited += 0.02
 
 
 @pytest_twisted.ensureDeferred
